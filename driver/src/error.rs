@@ -1,0 +1,47 @@
+use thiserror::Error;
+
+/// Errors of the driver layer.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The operating system reported an I/O error.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The command addressed blocks beyond the end of the namespace.
+    #[error("range out of bounds: lba {lba} + {count} blocks > {lba_count} blocks")]
+    OutOfRange {
+        lba: u64,
+        count: u64,
+        lba_count: u64,
+    },
+    /// A length or address is not a multiple of what the device requires.
+    #[error("{what} {value} is not a non-zero multiple of {align}")]
+    Misaligned {
+        what: &'static str,
+        value: u64,
+        align: u64,
+    },
+    /// A transfer larger than the device's maximum.
+    #[error("transfer of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: u64, max: u64 },
+    /// The queue pair has no free slot; poll and retry.
+    #[error("queue full")]
+    QueueFull,
+    /// A blocking helper was used on a queue pair with commands in flight.
+    #[error("queue pair busy")]
+    Busy,
+    /// A command vanished without a completion (backend bug).
+    #[error("command lost without completion")]
+    Lost,
+    /// The device has lost power or was removed (also: a simulated crash).
+    #[error("device is gone (power lost or removed)")]
+    Gone,
+    /// An error injected by a fault-injecting wrapper.
+    #[error("injected {0} error")]
+    Injected(&'static str),
+    /// A device URI or path could not be understood or opened.
+    #[error("bad device spec {spec:?}: {reason}")]
+    BadSpec { spec: String, reason: String },
+}
+
+/// Result of driver operations.
+pub type Result<T> = std::result::Result<T, Error>;
