@@ -1,0 +1,370 @@
+//! Loading: pick the superblock, replay the log from its snapshot to the first block that
+//! does not continue the chain, rebuild the allocation bitmap from what the blobs and the
+//! log own.
+//!
+//! The cost is the length of the log since the last checkpoint (plus one bit per cluster of
+//! memory), never a scan of the device.
+
+use crate::alloc::Allocator;
+use crate::error::{corrupt, Error, Result};
+use crate::format::block::{
+    chain_seed, check_jump, decode_block, BlockHeader, NotABlock, KIND_JUMP,
+};
+use crate::format::record::Record;
+use crate::format::superblock::{Superblock, SB_SIZE};
+use crate::journal::Journal;
+use crate::meta::{Effects, Table};
+use crate::units::ClusterIdx;
+use driver::{run_one, Device, DmaBuf, Lba, Op, QueuePair};
+use std::collections::HashSet;
+
+/// Both superblock copies as found.
+#[derive(Debug)]
+pub struct SuperblockPair {
+    /// The copy in use: the valid one with the higher generation.
+    pub active: Superblock,
+    /// Which page it came from (0 or 1).
+    pub slot: usize,
+    /// What was wrong with the other copy, if anything.
+    pub other: std::result::Result<Superblock, String>,
+}
+
+/// Reads `len` bytes at byte offset `off` (both multiples of the LBA size).
+pub(crate) fn read_bytes(
+    qp: &mut dyn QueuePair,
+    dev: &dyn Device,
+    off: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let lba = u64::from(dev.geometry().lba_size);
+    let max = dev.geometry().max_transfer as usize;
+    let mut out = Vec::with_capacity(len);
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(max);
+        let buf = dev.alloc_buf(n);
+        let buf = run_one(
+            qp,
+            Op::Read {
+                lba: Lba((off + done as u64) / lba),
+                buf,
+            },
+        )?
+        .unwrap_or_else(|| DmaBuf::zeroed(0));
+        out.extend_from_slice(buf.as_slice());
+        done += n;
+    }
+    Ok(out)
+}
+
+/// Reads and chooses a superblock.
+pub fn read_superblocks(qp: &mut dyn QueuePair, dev: &dyn Device) -> Result<SuperblockPair> {
+    let geom = dev.geometry();
+    if geom.capacity() < 2 * SB_SIZE as u64 {
+        return Err(Error::NotABlobstore(format!(
+            "device of {} bytes is too small",
+            geom.capacity()
+        )));
+    }
+    let raw = read_bytes(qp, dev, 0, 2 * SB_SIZE)?;
+    let copies = [
+        Superblock::decode(&raw[..SB_SIZE]),
+        Superblock::decode(&raw[SB_SIZE..]),
+    ];
+    let pick = match (&copies[0], &copies[1]) {
+        (Ok(a), Ok(b)) => {
+            if b.generation > a.generation {
+                1
+            } else {
+                0
+            }
+        }
+        (Ok(_), Err(_)) => 0,
+        (Err(_), Ok(_)) => 1,
+        (Err(a), Err(b)) => {
+            // Report the most telling failure: damage over absence.
+            let pick_err = |e: &Error| match e {
+                Error::NotABlobstore(_) => 0,
+                Error::Unsupported(_) => 2,
+                _ => 1,
+            };
+            let e = if pick_err(b) > pick_err(a) { b } else { a };
+            return Err(match e {
+                Error::NotABlobstore(_) => {
+                    Error::NotABlobstore(format!("no superblock found on {}", dev.describe()))
+                }
+                Error::Unsupported(m) => Error::Unsupported(m.clone()),
+                other => corrupt(format!("both superblock copies are bad; first: {other}")),
+            });
+        }
+    };
+    let [c0, c1] = copies;
+    let (active, other) = if pick == 0 { (c0, c1) } else { (c1, c0) };
+    let active = active?;
+    Ok(SuperblockPair {
+        active,
+        slot: pick,
+        other: other.map_err(|e| e.to_string()),
+    })
+}
+
+/// Checks that the device can hold the store the superblock describes.
+pub fn check_device(sb: &Superblock, dev: &dyn Device) -> Result<()> {
+    let geom = dev.geometry();
+    let need = sb.cluster_count.saturating_mul(u64::from(sb.cluster_size));
+    if geom.capacity() < need {
+        return Err(Error::Invalid(format!(
+            "device {} holds {} bytes but the store needs {need} (truncated image?)",
+            dev.describe(),
+            geom.capacity()
+        )));
+    }
+    if geom.lba_size > sb.log_unit || !sb.log_unit.is_multiple_of(geom.lba_size) {
+        return Err(Error::Invalid(format!(
+            "device LBA size {} does not divide the store's log unit {}",
+            geom.lba_size, sb.log_unit
+        )));
+    }
+    Ok(())
+}
+
+/// Counters of one replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub segments: u64,
+    pub blocks: u64,
+    pub groups: u64,
+    pub records: u64,
+    pub bytes_read: u64,
+    /// Blocks of an incomplete group at the tail that were discarded.
+    pub discarded_blocks: u64,
+}
+
+/// Why replay stopped where it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TailInfo {
+    pub seg: ClusterIdx,
+    pub off: u64,
+    pub reason: String,
+}
+
+/// The result of a replay: the state as of the last complete group.
+#[derive(Debug)]
+pub struct Replayed {
+    pub sb: Superblock,
+    pub table: Table,
+    pub alloc: Allocator,
+    /// Where the next group goes.
+    pub journal: Journal,
+    pub stats: ReplayStats,
+    pub tail: TailInfo,
+    /// Every group as decoded, when asked for (for dump tools).
+    pub groups: Option<Vec<Vec<Record>>>,
+}
+
+/// Position and chain state at a group boundary.
+#[derive(Clone, Copy)]
+struct Mark {
+    nsegs: usize,
+    seg: ClusterIdx,
+    off: u64,
+    seq: u64,
+    prev: u32,
+    bytes: u64,
+}
+
+/// Replays the log `sb` points at.
+pub fn replay(
+    qp: &mut dyn QueuePair,
+    dev: &dyn Device,
+    sb: &Superblock,
+    keep_groups: bool,
+) -> Result<Replayed> {
+    check_device(sb, dev)?;
+    let seg_size = u64::from(sb.cluster_size);
+    let unit = u64::from(sb.log_unit);
+    let mut stats = ReplayStats::default();
+    let mut table = Table::new(sb.cluster_count);
+    let mut alloc = Allocator::new(sb.cluster_count);
+    let mut groups = keep_groups.then(Vec::new);
+
+    let mut seg = ClusterIdx(sb.log_start);
+    let mut segments = vec![seg];
+    let mut visited: HashSet<u64> = HashSet::from([seg.0]);
+    let mut buf = read_bytes(qp, dev, seg.0 * seg_size, seg_size as usize)?;
+    stats.segments += 1;
+    stats.bytes_read += seg_size;
+    let mut off = 0u64;
+    let mut seq = sb.log_start_seq;
+    let mut prev = chain_seed(sb.log_epoch);
+    let mut bytes = 0u64;
+    let mut payload: Vec<u8> = Vec::new();
+    let mut group_blocks = 0u64;
+    let mut mark: Option<Mark> = None;
+    let mut snapshot_bytes = 0u64;
+
+    let reason = loop {
+        let (h, p, crc) = match decode_block(&buf[off as usize..], sb.log_epoch, seq, prev) {
+            Ok(x) => x,
+            Err(why) => break format!("{why:?}"),
+        };
+        stats.blocks += 1;
+        group_blocks += 1;
+        seq += 1;
+        prev = crc;
+        let padded = BlockHeader::padded_len(p.len(), unit as usize) as u64;
+        bytes += padded;
+        if h.kind == KIND_JUMP {
+            check_jump(h.jump_to, sb.cluster_count)?;
+            if !visited.insert(h.jump_to) {
+                return Err(corrupt(format!(
+                    "log jumps back to segment {} (cycle)",
+                    h.jump_to
+                )));
+            }
+            seg = ClusterIdx(h.jump_to);
+            segments.push(seg);
+            buf = read_bytes(qp, dev, seg.0 * seg_size, seg_size as usize)?;
+            stats.segments += 1;
+            stats.bytes_read += seg_size;
+            off = 0;
+            continue;
+        }
+        off += padded;
+        payload.extend_from_slice(p);
+        if h.continues() {
+            continue;
+        }
+        // A complete group: decode and apply it whole.
+        let records = Record::decode_all(&payload)
+            .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?;
+        let first_group = mark.is_none();
+        apply_group(&mut table, &mut alloc, &records, first_group)
+            .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?;
+        stats.groups += 1;
+        stats.records += records.len() as u64;
+        if first_group {
+            snapshot_bytes = bytes;
+        }
+        if let Some(g) = groups.as_mut() {
+            g.push(records);
+        }
+        payload.clear();
+        group_blocks = 0;
+        mark = Some(Mark {
+            nsegs: segments.len(),
+            seg,
+            off,
+            seq,
+            prev,
+            bytes,
+        });
+        if off + unit > seg_size {
+            // A well-formed writer never fills the reserved last unit.
+            return Err(corrupt(format!("log block overruns segment {}", seg.0)));
+        }
+    };
+    stats.discarded_blocks = group_blocks;
+    let tail = TailInfo {
+        seg,
+        off,
+        reason: if reason == format!("{:?}", NotABlock::BadMagic) && group_blocks == 0 {
+            "end of log".into()
+        } else {
+            reason
+        },
+    };
+    let Some(m) = mark else {
+        return Err(corrupt(format!(
+            "log at cluster {} has no complete checkpoint ({})",
+            sb.log_start, tail.reason
+        )));
+    };
+    // Segments reached only by the discarded tail are not part of the log.
+    segments.truncate(m.nsegs);
+    for s in &segments {
+        if !alloc.claim(*s) {
+            return Err(corrupt(format!(
+                "log segment {} is also owned by a blob or repeated",
+                s.0
+            )));
+        }
+    }
+    let journal = Journal {
+        epoch: sb.log_epoch,
+        seq: m.seq,
+        prev_crc: m.prev,
+        seg: m.seg,
+        off: m.off,
+        segments,
+        bytes: m.bytes,
+        snapshot_bytes,
+        unit,
+        seg_size,
+    };
+    Ok(Replayed {
+        sb: sb.clone(),
+        table,
+        alloc,
+        journal,
+        stats,
+        tail,
+        groups,
+    })
+}
+
+/// Applies one decoded group during replay, checking snapshot framing and cluster
+/// ownership.
+fn apply_group(
+    table: &mut Table,
+    alloc: &mut Allocator,
+    records: &[Record],
+    first_group: bool,
+) -> Result<()> {
+    let body = if first_group {
+        match (records.first(), records.last()) {
+            (
+                Some(Record::SnapshotBegin {
+                    next_blob_id,
+                    blob_count,
+                }),
+                Some(Record::SnapshotEnd { blob_count: end }),
+            ) if records.len() >= 2 => {
+                if blob_count != end {
+                    return Err(corrupt("snapshot blob counts disagree"));
+                }
+                table.next_blob_id = *next_blob_id;
+                &records[1..records.len() - 1]
+            }
+            _ => return Err(corrupt("log does not start with a complete snapshot")),
+        }
+    } else {
+        records
+    };
+    for r in body {
+        let mut fx = Effects::default();
+        table.apply(r, &mut fx)?;
+        for c in fx.freed {
+            alloc.release(c);
+        }
+        for c in fx.mapped {
+            if !alloc.claim(c) {
+                return Err(corrupt(format!("{c} is owned twice")));
+            }
+        }
+    }
+    if first_group {
+        if let Some(Record::SnapshotEnd { blob_count }) = records.last() {
+            if table.blobs.len() as u64 != *blob_count {
+                return Err(corrupt(format!(
+                    "snapshot declares {blob_count} blobs, holds {}",
+                    table.blobs.len()
+                )));
+            }
+            if table.blobs.keys().any(|id| id.0 >= table.next_blob_id) {
+                return Err(corrupt("snapshot's next blob id is below an existing id"));
+            }
+        }
+    }
+    Ok(())
+}

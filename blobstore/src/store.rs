@@ -1,0 +1,1066 @@
+//! The blobstore: format, open, metadata operations, group commit and checkpoints.
+//!
+//! # Durability rules
+//!
+//! - A metadata change is applied in memory at once and queued as records; it becomes
+//!   durable when a commit containing it completes (`sync`). Commits are atomic groups.
+//! - Commit = take the queued records (and, for a checkpoint, a snapshot of the whole table,
+//!   in the same critical section) -> Flush (so data the records point at is durable) ->
+//!   write the log blocks -> Flush. Concurrent `sync` callers share one commit.
+//! - A cluster mapping is queued only after the data written to the new cluster (and the
+//!   zeroes around it) completed, so the pre-commit Flush covers it.
+//! - A cluster freed by a change is reusable only after that change is durable.
+//! - Checkpoint = write a snapshot as the first group of a new log (new epoch, new segments)
+//!   -> Flush -> write the other superblock copy -> Flush -> free the old log's segments.
+//! - Any failed metadata write or flush turns the store read-only.
+
+use crate::alloc::Allocator;
+use crate::blob::Blob;
+use crate::channel::IoChannel;
+use crate::error::{Error, Result};
+use crate::format::block::chain_seed;
+use crate::format::record::{encode_all, Record, XattrNs};
+use crate::format::superblock::{
+    Superblock, COMPAT_KNOWN, MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE, SB_SIZE, SB_VERSION,
+};
+use crate::journal::{Journal, LogWrite};
+use crate::meta::{check_xattr, BlobMeta, Effects, Table, Undo, FLAG_READ_ONLY, FLAG_THIN};
+use crate::recovery::{self, ReplayStats, TailInfo};
+use crate::units::{BlobId, ClusterIdx, PAGE_SIZE};
+use driver::{Device, DmaBuf, Geometry, Lba, Op, QueuePair};
+use parking_lot::{Condvar, Mutex};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Options for `format`.
+#[derive(Clone, Debug)]
+pub struct FormatOptions {
+    /// Cluster size in bytes: a power of two from 16 KiB to 1 GiB. Default 1 MiB.
+    pub cluster_size: u32,
+    /// Deallocate the whole device first (fast on SSDs and sparse files).
+    pub discard: bool,
+    /// Fixed uuid (random when `None`).
+    pub uuid: Option<[u8; 16]>,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        FormatOptions {
+            cluster_size: 1 << 20,
+            discard: true,
+            uuid: None,
+        }
+    }
+}
+
+/// Options for `open`.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Refuse every change; nothing is written to the device.
+    pub read_only: bool,
+    /// Checkpoint when the log since the last checkpoint exceeds this many bytes.
+    /// `None`: a default scaled to the device (1/64 of it, between 4 segments and 64 MiB).
+    pub checkpoint_bytes: Option<u64>,
+    /// Queue depth of each I/O channel.
+    pub queue_depth: u32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read_only: false,
+            checkpoint_bytes: None,
+            queue_depth: 128,
+        }
+    }
+}
+
+/// Options for a new blob.
+#[derive(Clone, Debug, Default)]
+pub struct BlobOptions {
+    /// Allocate clusters on first write instead of at resize.
+    pub thin: bool,
+    /// Initial size in clusters.
+    pub clusters: u64,
+    /// Initial xattrs.
+    pub xattrs: Vec<(XattrNs, Vec<u8>, Vec<u8>)>,
+}
+
+/// Store-wide figures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreInfo {
+    pub uuid: [u8; 16],
+    pub generation: u64,
+    pub cluster_size: u32,
+    pub lba_size: u32,
+    pub log_unit: u32,
+    pub cluster_count: u64,
+    pub used_clusters: u64,
+    pub free_clusters: u64,
+    /// Clusters kept back from data for metadata growth.
+    pub reserved_clusters: u64,
+    pub blob_count: u64,
+    pub log_segments: u64,
+    pub log_bytes: u64,
+    pub log_epoch: u64,
+    pub checkpoint_count: u64,
+    pub read_only: bool,
+    pub replay: ReplayStats,
+}
+
+/// The mutable metadata state, behind one mutex.
+pub(crate) struct State {
+    pub table: Table,
+    pub alloc: Allocator,
+    /// Records applied in memory and not yet handed to a commit.
+    pub pending: Vec<Record>,
+    /// Clusters freed by `pending`, reusable once it is durable.
+    pub pending_frees: Vec<ClusterIdx>,
+    /// Number of groups applied so far.
+    pub op_seq: u64,
+    /// Clusters data allocation must leave free for the log and checkpoints.
+    pub reserve: u64,
+}
+
+pub(crate) struct Committer {
+    qp: Box<dyn QueuePair>,
+    pub(crate) journal: Journal,
+    pub(crate) sb: Superblock,
+    /// Value of `data_writes` covered by the last Flush.
+    flushed_writes: u64,
+    /// Frees of a commit in flight, released once durable.
+    pub(crate) releasing: Vec<ClusterIdx>,
+}
+
+#[derive(Default)]
+struct CommitCtl {
+    leader: bool,
+    durable_seq: u64,
+    flushed_writes: u64,
+}
+
+pub(crate) struct Inner {
+    pub dev: Arc<dyn Device>,
+    pub geom: Geometry,
+    pub cluster_size: u64,
+    pub lba_size: u64,
+    pub uuid: [u8; 16],
+    pub opts: OpenOptions,
+    pub checkpoint_bytes: u64,
+    pub state: Mutex<State>,
+    pub(crate) committer: Mutex<Committer>,
+    ctl: Mutex<CommitCtl>,
+    cv: Condvar,
+    /// Why the store accepts no changes, if it does not.
+    read_only: Mutex<Option<String>>,
+    read_only_flag: AtomicBool,
+    /// Data writes completed (bumped by channels), to know whether a Flush is needed.
+    pub data_writes: AtomicU64,
+    replay_stats: ReplayStats,
+    tail: TailInfo,
+}
+
+/// A blobstore on a device. Cheap to clone (shared handle); `Send + Sync`.
+#[derive(Clone)]
+pub struct Blobstore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Blobstore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Blobstore")
+            .field("device", &self.inner.dev.describe())
+            .finish()
+    }
+}
+
+fn random_u64() -> u64 {
+    rand::random()
+}
+
+fn sb_write(qp: &mut dyn QueuePair, dev: &dyn Device, sb: &Superblock) -> Result<()> {
+    let slot = sb.generation % 2;
+    let lba = u64::from(dev.geometry().lba_size);
+    let bytes = sb.encode();
+    run_write(qp, dev, slot * SB_SIZE as u64 / lba, &bytes)
+}
+
+fn run_write(qp: &mut dyn QueuePair, dev: &dyn Device, lba: u64, data: &[u8]) -> Result<()> {
+    let mut buf = dev.alloc_buf(data.len());
+    buf.as_mut_slice().copy_from_slice(data);
+    driver::run_one(qp, Op::Write { lba: Lba(lba), buf })?;
+    Ok(())
+}
+
+fn flush(qp: &mut dyn QueuePair) -> Result<()> {
+    driver::run_one(qp, Op::Flush)?;
+    Ok(())
+}
+
+/// Issues several writes at once and waits for all; the first error wins.
+fn write_all(qp: &mut dyn QueuePair, ops: Vec<(u64, DmaBuf)>) -> Result<()> {
+    let mut first_err: Option<driver::Error> = None;
+    let mut out = Vec::new();
+    let mut queue = ops.into_iter();
+    let mut next = queue.next();
+    loop {
+        while let Some((lba, buf)) = next.take() {
+            match qp.submit(Op::Write { lba: Lba(lba), buf }, 0) {
+                Ok(()) => next = queue.next(),
+                Err(e) if matches!(e.error, driver::Error::QueueFull) => {
+                    let Op::Write { lba, buf } = e.op else {
+                        return Err(Error::Io(e.error));
+                    };
+                    next = Some((lba.0, buf));
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e.error);
+                    next = queue.next();
+                }
+            }
+        }
+        if qp.in_flight() == 0 && next.is_none() {
+            break;
+        }
+        qp.wait(64, &mut out);
+        for c in out.drain(..) {
+            if let Err(e) = c.result {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(Error::Io(e)),
+        None => Ok(()),
+    }
+}
+
+fn log_writes_to_ops(
+    writes: Vec<LogWrite>,
+    dev: &dyn Device,
+    cluster_size: u64,
+) -> Vec<(u64, DmaBuf)> {
+    let lba = u64::from(dev.geometry().lba_size);
+    let max = dev.geometry().max_transfer as usize;
+    let mut ops = Vec::new();
+    for w in writes {
+        let base = w.seg.0 * cluster_size + w.off;
+        for (i, chunk) in w.data.chunks(max).enumerate() {
+            let mut buf = dev.alloc_buf(chunk.len());
+            buf.as_mut_slice().copy_from_slice(chunk);
+            ops.push(((base + (i * max) as u64) / lba, buf));
+        }
+    }
+    ops
+}
+
+impl Blobstore {
+    /// Creates an empty store on `dev`, destroying what was there.
+    pub fn format(dev: Arc<dyn Device>, opts: &FormatOptions) -> Result<()> {
+        let geom = dev.geometry();
+        let cs = opts.cluster_size;
+        if !cs.is_power_of_two() || !(MIN_CLUSTER_SIZE..=MAX_CLUSTER_SIZE).contains(&cs) {
+            return Err(Error::Invalid(format!(
+                "cluster size {cs}: must be a power of two from {MIN_CLUSTER_SIZE} to {MAX_CLUSTER_SIZE}"
+            )));
+        }
+        if geom.lba_size > PAGE_SIZE || u64::from(cs) % u64::from(geom.lba_size) != 0 {
+            return Err(Error::Invalid(format!(
+                "device LBA size {} is not supported (at most {PAGE_SIZE})",
+                geom.lba_size
+            )));
+        }
+        let cluster_count = geom.capacity() / u64::from(cs);
+        if cluster_count < 8 {
+            return Err(Error::Invalid(format!(
+                "device of {} bytes holds {cluster_count} clusters of {cs}; need at least 8",
+                geom.capacity()
+            )));
+        }
+        let mut qp = dev.open_qpair(8)?;
+        let qp = qp.as_mut();
+        let lba = u64::from(geom.lba_size);
+        if opts.discard {
+            driver::run_one(
+                qp,
+                Op::Deallocate {
+                    lba: Lba(0),
+                    count: cluster_count * u64::from(cs) / lba,
+                },
+            )?;
+        }
+        // Invalidate both superblock copies first, so a half-made store never looks valid.
+        run_write(qp, dev.as_ref(), 0, &vec![0u8; 2 * SB_SIZE])?;
+        let epoch = random_u64();
+        let seg = ClusterIdx(1);
+        let mut j = Journal::new(epoch, 1, chain_seed(epoch), seg, lba, u64::from(cs));
+        let table = Table::new(cluster_count);
+        let payload = encode_all(&table.snapshot_records());
+        let writes = j.build_group(&payload, &mut || {
+            Err(Error::Invalid(
+                "empty snapshot does not fit a segment".into(),
+            ))
+        })?;
+        write_all(qp, log_writes_to_ops(writes, dev.as_ref(), u64::from(cs)))?;
+        flush(qp)?;
+        let sb = Superblock {
+            version: SB_VERSION,
+            compat: COMPAT_KNOWN,
+            ro_compat: 0,
+            incompat: 0,
+            uuid: opts.uuid.unwrap_or_else(|| {
+                let mut u = [0u8; 16];
+                u[..8].copy_from_slice(&random_u64().to_le_bytes());
+                u[8..].copy_from_slice(&random_u64().to_le_bytes());
+                u
+            }),
+            generation: 1,
+            log_unit: geom.lba_size,
+            page_size: PAGE_SIZE,
+            cluster_size: cs,
+            cluster_count,
+            log_start: seg.0,
+            log_epoch: epoch,
+            log_start_seq: 1,
+            checkpoint_count: 0,
+        };
+        sb_write(qp, dev.as_ref(), &sb)?;
+        flush(qp)?;
+        Ok(())
+    }
+
+    /// Formats then opens.
+    pub fn create(
+        dev: Arc<dyn Device>,
+        fopts: &FormatOptions,
+        oopts: OpenOptions,
+    ) -> Result<Blobstore> {
+        Blobstore::format(Arc::clone(&dev), fopts)?;
+        Blobstore::open(dev, oopts)
+    }
+
+    /// Loads the store on `dev`: reads the superblocks, replays the log since the last
+    /// checkpoint. Nothing is written.
+    pub fn open(dev: Arc<dyn Device>, opts: OpenOptions) -> Result<Blobstore> {
+        let mut qp = dev.open_qpair(16)?;
+        let pair = recovery::read_superblocks(qp.as_mut(), dev.as_ref())?;
+        let sb = pair.active;
+        if sb.read_only_features() != 0 && !opts.read_only {
+            return Err(Error::Unsupported(format!(
+                "read-only-compatible feature bits {:#x}: open read-only",
+                sb.read_only_features()
+            )));
+        }
+        let r = recovery::replay(qp.as_mut(), dev.as_ref(), &sb, false)?;
+        let geom = dev.geometry();
+        let cluster_size = u64::from(sb.cluster_size);
+        let checkpoint_bytes = opts.checkpoint_bytes.unwrap_or_else(|| {
+            (geom.capacity() / 64).clamp(4 * cluster_size, (64u64 << 20).max(4 * cluster_size))
+        });
+        let mut state = State {
+            table: r.table,
+            alloc: r.alloc,
+            pending: Vec::new(),
+            pending_frees: Vec::new(),
+            op_seq: 0,
+            reserve: 0,
+        };
+        state.reserve = reserve_for(checkpoint_bytes, cluster_size, r.journal.snapshot_bytes);
+        let inner = Inner {
+            geom,
+            cluster_size,
+            lba_size: u64::from(geom.lba_size),
+            uuid: sb.uuid,
+            checkpoint_bytes,
+            state: Mutex::new(state),
+            committer: Mutex::new(Committer {
+                qp,
+                journal: r.journal,
+                sb,
+                flushed_writes: 0,
+                releasing: Vec::new(),
+            }),
+            ctl: Mutex::new(CommitCtl::default()),
+            cv: Condvar::new(),
+            read_only: Mutex::new(opts.read_only.then(|| "opened read-only".to_string())),
+            read_only_flag: AtomicBool::new(opts.read_only),
+            data_writes: AtomicU64::new(0),
+            replay_stats: r.stats,
+            tail: r.tail,
+            opts,
+            dev,
+        };
+        Ok(Blobstore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.inner.dev
+    }
+
+    /// Cluster size in bytes.
+    pub fn cluster_size(&self) -> u64 {
+        self.inner.cluster_size
+    }
+
+    /// The I/O unit in bytes (the device's LBA size): blob I/O offsets and lengths are
+    /// multiples of it.
+    pub fn io_unit(&self) -> u64 {
+        self.inner.lba_size
+    }
+
+    /// Where the replay at open stopped, and why.
+    pub fn tail(&self) -> &TailInfo {
+        &self.inner.tail
+    }
+
+    /// Store-wide figures.
+    pub fn info(&self) -> StoreInfo {
+        let c = self.inner.committer.lock();
+        let st = self.inner.state.lock();
+        StoreInfo {
+            uuid: self.inner.uuid,
+            generation: c.sb.generation,
+            cluster_size: c.sb.cluster_size,
+            lba_size: self.inner.geom.lba_size,
+            log_unit: c.sb.log_unit,
+            cluster_count: st.alloc.count(),
+            used_clusters: st.alloc.used(),
+            free_clusters: st.alloc.free(),
+            reserved_clusters: st.reserve,
+            blob_count: st.table.blobs.len() as u64,
+            log_segments: c.journal.segments.len() as u64,
+            log_bytes: c.journal.bytes,
+            log_epoch: c.journal.epoch,
+            checkpoint_count: c.sb.checkpoint_count,
+            read_only: self.is_read_only(),
+            replay: self.inner.replay_stats,
+        }
+    }
+
+    /// Whether changes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only_flag.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    /// A new I/O channel (one queue pair) for the calling thread.
+    pub fn channel(&self) -> Result<IoChannel> {
+        IoChannel::new(Arc::clone(&self.inner))
+    }
+
+    /// Ids of all blobs, ascending.
+    pub fn blob_ids(&self) -> Vec<BlobId> {
+        self.inner
+            .state
+            .lock()
+            .table
+            .blobs
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// A copy of one blob's metadata.
+    pub fn blob_meta(&self, id: BlobId) -> Result<BlobMeta> {
+        let st = self.inner.state.lock();
+        let e = st.table.get(id)?;
+        let m = e.meta.read().clone();
+        Ok(m)
+    }
+
+    /// A copy of all metadata (for checks and tests).
+    pub fn export(&self) -> BTreeMap<BlobId, BlobMeta> {
+        self.inner.state.lock().table.export()
+    }
+
+    /// Creates a blob; durable after the next `sync`.
+    pub fn create_blob(&self, opts: BlobOptions) -> Result<BlobId> {
+        self.inner.check_writable()?;
+        let mut clusters = Vec::new();
+        if !opts.thin && opts.clusters > 0 {
+            clusters = self.inner.alloc_zeroed(opts.clusters)?;
+        }
+        let mut st = self.inner.state.lock();
+        let id = BlobId(st.table.next_blob_id);
+        let mut recs = vec![Record::CreateBlob {
+            id,
+            flags: if opts.thin { FLAG_THIN } else { 0 },
+        }];
+        if opts.clusters > 0 {
+            recs.push(Record::Resize {
+                id,
+                clusters: opts.clusters,
+            });
+        }
+        recs.extend(map_records(id, 0, &clusters));
+        for (ns, name, value) in opts.xattrs {
+            recs.push(Record::SetXattr {
+                id,
+                ns,
+                name,
+                value,
+            });
+        }
+        match self.inner.apply_locked(&mut st, recs) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                for c in clusters {
+                    st.alloc.release(c);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a blob for I/O and metadata changes. The handle closes on drop.
+    pub fn open_blob(&self, id: BlobId) -> Result<Blob> {
+        let st = self.inner.state.lock();
+        let e = Arc::clone(st.table.get(id)?);
+        e.open_count.fetch_add(1, Ordering::SeqCst);
+        Ok(Blob::new(Arc::clone(&self.inner), e))
+    }
+
+    /// Deletes a closed blob; its clusters are reusable once the delete is durable.
+    pub fn delete_blob(&self, id: BlobId) -> Result<()> {
+        self.inner.check_writable()?;
+        let mut st = self.inner.state.lock();
+        self.inner
+            .apply_locked(&mut st, vec![Record::DeleteBlob { id }])
+    }
+
+    /// Starts a multi-blob transaction: its changes are applied all or none, and commit in
+    /// the same log group.
+    pub fn transaction(&self) -> Transaction<'_> {
+        Transaction {
+            store: self,
+            records: Vec::new(),
+        }
+    }
+
+    /// Makes every completed data write and every metadata change made so far durable.
+    /// Concurrent callers share commits (group commit).
+    pub fn sync(&self) -> Result<()> {
+        self.inner.sync()
+    }
+
+    /// Writes a checkpoint now (a snapshot in a fresh log), so the next load replays nothing
+    /// but that snapshot.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.inner.check_writable()?;
+        self.inner.commit_now(true)
+    }
+
+    /// Syncs and checkpoints (so the next load is quick), then drops the handle. Other
+    /// clones of the handle stay usable.
+    pub fn close(self) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let needs_checkpoint = {
+            let c = self.inner.committer.lock();
+            c.journal.bytes > c.journal.snapshot_bytes
+        };
+        if needs_checkpoint || !self.inner.state.lock().pending.is_empty() {
+            self.inner.commit_now(true)?;
+        } else {
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the consistency check (see [`crate::check`]).
+    pub fn check(&self) -> Result<crate::check::CheckReport> {
+        crate::check::check(self)
+    }
+
+    /// Clusters the metadata log occupies, and the active superblock: for tools and tests
+    /// that look at (or damage) the metadata regions.
+    pub fn metadata_layout(&self) -> MetadataLayout {
+        let c = self.inner.committer.lock();
+        MetadataLayout {
+            cluster_size: self.inner.cluster_size,
+            log_segments: c.journal.segments.clone(),
+            snapshot_segment: c.journal.segments[0],
+            tail: (c.journal.seg, c.journal.off),
+            generation: c.sb.generation,
+        }
+    }
+}
+
+/// Where the metadata lives on the device.
+#[derive(Clone, Debug)]
+pub struct MetadataLayout {
+    pub cluster_size: u64,
+    pub log_segments: Vec<ClusterIdx>,
+    /// The segment holding the checkpoint (snapshot) the log starts with.
+    pub snapshot_segment: ClusterIdx,
+    /// Where the next log block goes.
+    pub tail: (ClusterIdx, u64),
+    pub generation: u64,
+}
+
+/// Clusters kept from data so the log and a checkpoint can always be written: the log can
+/// grow to `checkpoint_bytes` before a checkpoint, and a checkpoint needs room for a new
+/// snapshot while the old log still exists.
+fn reserve_for(checkpoint_bytes: u64, cluster_size: u64, snapshot_bytes: u64) -> u64 {
+    checkpoint_bytes.div_ceil(cluster_size) + 2 * snapshot_bytes.div_ceil(cluster_size / 2) + 2
+}
+
+/// MapRun records for clusters placed at consecutive indices from `start`.
+pub(crate) fn map_records(id: BlobId, start: u64, clusters: &[ClusterIdx]) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    for (i, &c) in clusters.iter().enumerate() {
+        if let Some(Record::MapRun { first, count, .. }) = out.last_mut() {
+            if first.is_some() == c.is_some() && (c.is_none() || first.0 + *count == c.0) {
+                *count += 1;
+                continue;
+            }
+        }
+        out.push(Record::MapRun {
+            id,
+            index: start + i as u64,
+            first: c,
+            count: 1,
+        });
+    }
+    out
+}
+
+impl ClusterIdx {
+    fn is_none(self) -> bool {
+        !self.is_some()
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.read_only_flag.load(Ordering::SeqCst) {
+            let why = self
+                .read_only
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "read-only".into());
+            return Err(Error::ReadOnly(why));
+        }
+        Ok(())
+    }
+
+    fn turn_read_only(&self, why: String) {
+        let mut r = self.read_only.lock();
+        if r.is_none() {
+            *r = Some(format!("metadata write failed, store is read-only: {why}"));
+        }
+        self.read_only_flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Applies records as one atomic group: all or none.
+    pub(crate) fn apply_locked(&self, st: &mut State, recs: Vec<Record>) -> Result<()> {
+        self.check_writable()?;
+        let mut undos: Vec<Undo> = Vec::with_capacity(recs.len());
+        let mut fx = Effects::default();
+        for r in &recs {
+            match st.table.apply(r, &mut fx) {
+                Ok(u) => undos.push(u),
+                Err(e) => {
+                    for u in undos.into_iter().rev() {
+                        st.table.undo(u);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        debug_assert!(fx.mapped.iter().all(|c| st.alloc.is_used(*c)));
+        st.pending.extend(recs);
+        st.pending_frees.extend(fx.freed);
+        st.op_seq += 1;
+        Ok(())
+    }
+
+    /// Allocates a data cluster, leaving the metadata reserve free.
+    pub(crate) fn alloc_data(&self, st: &mut State) -> Result<ClusterIdx> {
+        if st.alloc.free() <= st.reserve {
+            return Err(Error::NoSpace(format!(
+                "{} clusters free, {} kept for metadata",
+                st.alloc.free(),
+                st.reserve
+            )));
+        }
+        st.alloc
+            .alloc()
+            .ok_or_else(|| Error::NoSpace("no free cluster".into()))
+    }
+
+    /// Allocates `n` clusters and zeroes them on the device (thick allocation).
+    pub(crate) fn alloc_zeroed(&self, n: u64) -> Result<Vec<ClusterIdx>> {
+        let mut got = Vec::with_capacity(n as usize);
+        {
+            let mut st = self.state.lock();
+            if st.alloc.free() < st.reserve + n {
+                return Err(Error::NoSpace(format!(
+                    "{n} clusters wanted, {} free, {} kept for metadata",
+                    st.alloc.free(),
+                    st.reserve
+                )));
+            }
+            for _ in 0..n {
+                match self.alloc_data(&mut st) {
+                    Ok(c) => got.push(c),
+                    Err(e) => {
+                        for c in got {
+                            st.alloc.release(c);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.zero_clusters(&got) {
+            let mut st = self.state.lock();
+            for c in got {
+                st.alloc.release(c);
+            }
+            return Err(e);
+        }
+        Ok(got)
+    }
+
+    fn zero_clusters(&self, clusters: &[ClusterIdx]) -> Result<()> {
+        if clusters.is_empty() {
+            return Ok(());
+        }
+        let mut qp = self.dev.open_qpair(32)?;
+        let per = self.cluster_size / self.lba_size;
+        let mut out = Vec::new();
+        let mut err = None;
+        for c in clusters {
+            loop {
+                match qp.submit(
+                    Op::WriteZeroes {
+                        lba: Lba(c.0 * per),
+                        count: per,
+                    },
+                    0,
+                ) {
+                    Ok(()) => break,
+                    Err(e) if matches!(e.error, driver::Error::QueueFull) => {
+                        qp.wait(32, &mut out);
+                    }
+                    Err(e) => return Err(Error::Io(e.error)),
+                }
+            }
+        }
+        while qp.in_flight() > 0 {
+            qp.wait(32, &mut out);
+        }
+        for c in out {
+            if let Err(e) = c.result {
+                err.get_or_insert(e);
+            }
+        }
+        self.data_writes.fetch_add(1, Ordering::SeqCst);
+        match err {
+            Some(e) => Err(Error::Io(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Group commit: returns once everything applied before the call is durable.
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.check_writable()?;
+        let target = self.state.lock().op_seq;
+        let writes = self.data_writes.load(Ordering::SeqCst);
+        loop {
+            let mut ctl = self.ctl.lock();
+            if ctl.durable_seq >= target && ctl.flushed_writes >= writes {
+                return Ok(());
+            }
+            self.check_writable()?;
+            if ctl.leader {
+                self.cv.wait(&mut ctl);
+                continue;
+            }
+            ctl.leader = true;
+            drop(ctl);
+            let res = self.lead_commit(false);
+            let mut ctl = self.ctl.lock();
+            ctl.leader = false;
+            if let Ok((seq, w)) = res {
+                ctl.durable_seq = ctl.durable_seq.max(seq);
+                ctl.flushed_writes = ctl.flushed_writes.max(w);
+            }
+            self.cv.notify_all();
+            drop(ctl);
+            res?;
+        }
+    }
+
+    /// Runs one commit now (as leader), optionally forcing a checkpoint.
+    fn commit_now(&self, checkpoint: bool) -> Result<()> {
+        loop {
+            let mut ctl = self.ctl.lock();
+            if ctl.leader {
+                self.cv.wait(&mut ctl);
+                continue;
+            }
+            ctl.leader = true;
+            drop(ctl);
+            let res = self.lead_commit(checkpoint);
+            let mut ctl = self.ctl.lock();
+            ctl.leader = false;
+            if let Ok((seq, w)) = res {
+                ctl.durable_seq = ctl.durable_seq.max(seq);
+                ctl.flushed_writes = ctl.flushed_writes.max(w);
+            }
+            self.cv.notify_all();
+            return res.map(|_| ());
+        }
+    }
+
+    /// The leader's work. Returns the op sequence and data-write count now durable.
+    fn lead_commit(&self, force_checkpoint: bool) -> Result<(u64, u64)> {
+        let mut guard = self.committer.lock();
+        let c = &mut *guard;
+        let checkpoint = force_checkpoint || c.journal.bytes >= self.checkpoint_bytes;
+        // Take the queued records (and the snapshot) in one critical section, so that the
+        // snapshot is exactly the state after them.
+        let (records, frees, seq, snapshot) = {
+            let mut st = self.state.lock();
+            let records = std::mem::take(&mut st.pending);
+            let frees = std::mem::take(&mut st.pending_frees);
+            let snapshot = checkpoint.then(|| encode_all(&st.table.snapshot_records()));
+            (records, frees, st.op_seq, snapshot)
+        };
+        let writes = self.data_writes.load(Ordering::SeqCst);
+        c.releasing = frees;
+        let res = self.commit_body(c, records, snapshot, writes);
+        match res {
+            Ok(()) => {
+                c.flushed_writes = writes;
+                let frees = std::mem::take(&mut c.releasing);
+                let mut st = self.state.lock();
+                for f in frees {
+                    st.alloc.release(f);
+                }
+                Ok((seq, writes))
+            }
+            Err(e) => {
+                self.turn_read_only(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_body(
+        &self,
+        c: &mut Committer,
+        records: Vec<Record>,
+        snapshot: Option<Vec<u8>>,
+        writes: u64,
+    ) -> Result<()> {
+        let dev = self.dev.as_ref();
+        let need_data_flush = writes != c.flushed_writes;
+        if records.is_empty() && snapshot.is_none() {
+            if need_data_flush {
+                flush(c.qp.as_mut())?;
+            }
+            return Ok(());
+        }
+        // Data the records point at must be durable before the records.
+        if need_data_flush {
+            flush(c.qp.as_mut())?;
+        }
+        let mut new_segment = || -> Result<ClusterIdx> {
+            let mut st = self.state.lock();
+            st.alloc
+                .alloc()
+                .ok_or_else(|| Error::NoSpace("no cluster left for the metadata log".into()))
+        };
+        match snapshot {
+            None => {
+                let payload = encode_all(&records);
+                let writes = c.journal.build_group(&payload, &mut new_segment)?;
+                write_all(
+                    c.qp.as_mut(),
+                    log_writes_to_ops(writes, dev, self.cluster_size),
+                )?;
+                flush(c.qp.as_mut())?;
+            }
+            Some(payload) => {
+                let epoch = random_u64();
+                let seg = new_segment()?;
+                let mut j = Journal::new(
+                    epoch,
+                    1,
+                    chain_seed(epoch),
+                    seg,
+                    c.journal.unit,
+                    c.journal.seg_size,
+                );
+                let built = j.build_group(&payload, &mut new_segment);
+                let writes = match built {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let mut st = self.state.lock();
+                        for s in &j.segments {
+                            st.alloc.release(*s);
+                        }
+                        return Err(e);
+                    }
+                };
+                j.snapshot_bytes = j.bytes;
+                write_all(
+                    c.qp.as_mut(),
+                    log_writes_to_ops(writes, dev, self.cluster_size),
+                )?;
+                flush(c.qp.as_mut())?;
+                let mut sb = c.sb.clone();
+                sb.generation += 1;
+                sb.log_start = seg.0;
+                sb.log_epoch = epoch;
+                sb.log_start_seq = 1;
+                sb.checkpoint_count += 1;
+                sb_write(c.qp.as_mut(), dev, &sb)?;
+                flush(c.qp.as_mut())?;
+                // The new log is live: the old one's segments are free.
+                let old = std::mem::replace(&mut c.journal, j);
+                c.sb = sb;
+                let mut st = self.state.lock();
+                for s in old.segments {
+                    st.alloc.release(s);
+                }
+                st.reserve = reserve_for(
+                    self.checkpoint_bytes,
+                    self.cluster_size,
+                    c.journal.snapshot_bytes,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A set of metadata changes applied atomically (see [`Blobstore::transaction`]).
+pub struct Transaction<'a> {
+    store: &'a Blobstore,
+    records: Vec<Record>,
+}
+
+impl fmt::Debug for Transaction<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("records", &self.records.len())
+            .finish()
+    }
+}
+
+impl Transaction<'_> {
+    /// Creates a thin blob of `clusters` clusters and returns the id it will have.
+    pub fn create_blob(&mut self, clusters: u64) -> BlobId {
+        let id = {
+            let mut st = self.store.inner.state.lock();
+            let id = BlobId(st.table.next_blob_id);
+            // Reserve the id even if the transaction is dropped; ids are never reused.
+            st.table.next_blob_id += 1;
+            id
+        };
+        self.records.push(Record::CreateBlob {
+            id,
+            flags: FLAG_THIN,
+        });
+        if clusters > 0 {
+            self.records.push(Record::Resize { id, clusters });
+        }
+        id
+    }
+
+    /// Deletes a (closed) blob.
+    pub fn delete_blob(&mut self, id: BlobId) -> &mut Self {
+        self.records.push(Record::DeleteBlob { id });
+        self
+    }
+
+    /// Resizes a thin blob (or shrinks any blob).
+    pub fn resize(&mut self, id: BlobId, clusters: u64) -> &mut Self {
+        self.records.push(Record::Resize { id, clusters });
+        self
+    }
+
+    /// Sets an xattr.
+    pub fn set_xattr(&mut self, id: BlobId, ns: XattrNs, name: &[u8], value: &[u8]) -> &mut Self {
+        self.records.push(Record::SetXattr {
+            id,
+            ns,
+            name: name.to_vec(),
+            value: value.to_vec(),
+        });
+        self
+    }
+
+    /// Removes an xattr (the transaction fails if it does not exist).
+    pub fn remove_xattr(&mut self, id: BlobId, ns: XattrNs, name: &[u8]) -> &mut Self {
+        self.records.push(Record::RemoveXattr {
+            id,
+            ns,
+            name: name.to_vec(),
+        });
+        self
+    }
+
+    /// Applies all changes, or none if any fails. Durable after the next `sync`.
+    pub fn commit(self) -> Result<()> {
+        let inner = &self.store.inner;
+        inner.check_writable()?;
+        let mut st = inner.state.lock();
+        // Policy checks the record layer does not make.
+        for r in &self.records {
+            match r {
+                Record::SetXattr { name, value, .. } => check_xattr(name, value.len())?,
+                Record::Resize { id, clusters } => {
+                    if let Ok(e) = st.table.get(*id) {
+                        let m = e.meta.read();
+                        if m.flags & FLAG_READ_ONLY != 0 {
+                            return Err(Error::ReadOnly(format!("blob {id} is read-only")));
+                        }
+                        if m.flags & FLAG_THIN == 0 && *clusters > m.clusters.len() as u64 {
+                            return Err(Error::Invalid(format!(
+                                "blob {id} is thick: grow it with Blob::resize"
+                            )));
+                        }
+                    }
+                }
+                Record::RemoveXattr { id, .. } => {
+                    if let Ok(e) = st.table.get(*id) {
+                        if e.meta.read().flags & FLAG_READ_ONLY != 0 {
+                            return Err(Error::ReadOnly(format!("blob {id} is read-only")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Record::SetXattr { id, .. } = r {
+                if let Ok(e) = st.table.get(*id) {
+                    if e.meta.read().flags & FLAG_READ_ONLY != 0 {
+                        return Err(Error::ReadOnly(format!("blob {id} is read-only")));
+                    }
+                }
+            }
+        }
+        inner.apply_locked(&mut st, self.records)
+    }
+
+    /// Commits and makes it durable.
+    pub fn commit_sync(self) -> Result<()> {
+        let store = self.store.clone();
+        self.commit()?;
+        store.sync()
+    }
+}
