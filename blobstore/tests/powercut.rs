@@ -1,0 +1,681 @@
+//! Power-cut sweeps: run a workload on the in-memory device, cut the power after mutating
+//! command number N for every N, let the volatile cache drop, keep or tear what was not
+//! flushed, reload, and check:
+//!
+//! - the store loads and its consistency check (memory and on-disk replay) is clean;
+//! - the metadata equals the model's state at some point between the last acknowledged
+//!   sync and the step that was cut (nothing acknowledged is lost, transactions are whole);
+//! - every I/O unit of every blob holds a value it had at some point of that window
+//!   (no stale data from other blobs, no acknowledged data lost).
+//!
+//! One line per workload: `power-cut: workload=NAME points=N lost=0 inconsistent=0`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use blobstore::{BlobOptions, Blobstore, Error, FormatOptions, OpenOptions, XattrNs};
+use driver::fault::{CountMode, FaultDevice, FaultPlan};
+use driver::mem::{CutPolicy, MemDevice, MemOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use support::pattern;
+
+const LBA: u64 = 512;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Create {
+        thin: bool,
+        clusters: u64,
+    },
+    Delete {
+        pick: usize,
+    },
+    Resize {
+        pick: usize,
+        clusters: u64,
+    },
+    Write {
+        pick: usize,
+        unit: u64,
+        units: u64,
+    },
+    Unmap {
+        pick: usize,
+        unit: u64,
+        units: u64,
+    },
+    Zeroes {
+        pick: usize,
+        unit: u64,
+        units: u64,
+    },
+    SetX {
+        pick: usize,
+        internal: bool,
+        name: u8,
+        len: usize,
+    },
+    RemoveX {
+        pick: usize,
+        which: usize,
+    },
+    MoveX {
+        from: usize,
+        to: usize,
+    },
+    TxnCreateDelete {
+        pick: usize,
+        clusters: u64,
+    },
+    ReadOnly {
+        pick: usize,
+    },
+    Sync,
+    Checkpoint,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MBlob {
+    flags: u64,
+    clusters: u64,
+    data: Vec<u8>,
+    xattrs: Xattrs,
+}
+
+type Model = BTreeMap<u64, MBlob>;
+type Xattrs = BTreeMap<(bool, Vec<u8>), Vec<u8>>;
+
+/// Metadata only: what must match a model state exactly.
+fn meta_of(m: &Model) -> Vec<(u64, u64, u64, &Xattrs)> {
+    m.iter()
+        .map(|(id, b)| (*id, b.flags, b.clusters, &b.xattrs))
+        .collect()
+}
+
+struct Profile {
+    name: &'static str,
+    cluster: u32,
+    capacity: u64,
+    checkpoint_bytes: Option<u64>,
+    steps: usize,
+    /// Weights per step kind, in the order of `make_step`.
+    weights: [u32; 13],
+}
+
+fn make_step(rng: &mut StdRng, p: &Profile) -> Step {
+    let total: u32 = p.weights.iter().sum();
+    let mut x = rng.gen_range(0..total);
+    let mut kind = 0;
+    for (i, w) in p.weights.iter().enumerate() {
+        if x < *w {
+            kind = i;
+            break;
+        }
+        x -= w;
+    }
+    let pick = rng.gen_range(0..64);
+    let units_per_cluster = u64::from(p.cluster) / LBA;
+    let unit = rng.gen_range(0..4 * units_per_cluster);
+    let units = rng.gen_range(1..=units_per_cluster + units_per_cluster / 2);
+    match kind {
+        0 => Step::Create {
+            thin: rng.gen_bool(0.7),
+            clusters: rng.gen_range(0..=3),
+        },
+        1 => Step::Delete { pick },
+        2 => Step::Resize {
+            pick,
+            clusters: rng.gen_range(0..=4),
+        },
+        3 => Step::Write { pick, unit, units },
+        4 => Step::Unmap { pick, unit, units },
+        5 => Step::Zeroes { pick, unit, units },
+        6 => Step::SetX {
+            pick,
+            internal: rng.gen_bool(0.5),
+            name: rng.gen_range(0..6),
+            len: rng.gen_range(0..600),
+        },
+        7 => Step::RemoveX {
+            pick,
+            which: rng.gen_range(0..8),
+        },
+        8 => Step::MoveX {
+            from: pick,
+            to: rng.gen_range(0..64),
+        },
+        9 => Step::TxnCreateDelete {
+            pick,
+            clusters: rng.gen_range(0..=2),
+        },
+        10 => Step::ReadOnly { pick },
+        11 => Step::Sync,
+        _ => Step::Checkpoint,
+    }
+}
+
+fn pick_id(model: &Model, pick: usize) -> Option<u64> {
+    if model.is_empty() {
+        return None;
+    }
+    model.keys().nth(pick % model.len()).copied()
+}
+
+fn clamp(b: &MBlob, cs: u64, unit: u64, units: u64) -> Option<(u64, u64)> {
+    let total = b.clusters * cs / LBA;
+    if total == 0 {
+        return None;
+    }
+    let unit = unit % total;
+    let units = units.min(total - unit);
+    Some((unit * LBA, units * LBA))
+}
+
+/// Runs one step on the store and the model. Returns whether it was an acknowledged sync.
+/// Steps that make no sense for the current model (no blobs, read-only target) do nothing.
+fn exec(
+    step: &Step,
+    tag: u64,
+    store: &Blobstore,
+    ch: &mut blobstore::IoChannel,
+    model: &mut Model,
+    cs: u64,
+) -> Result<bool, Error> {
+    match step {
+        Step::Create { thin, clusters } => {
+            let id = match store.create_blob(BlobOptions {
+                thin: *thin,
+                clusters: *clusters,
+                ..Default::default()
+            }) {
+                // A full device refuses a thick blob without changing anything.
+                Err(Error::NoSpace(_)) => return Ok(false),
+                r => r?,
+            };
+            model.insert(
+                id.0,
+                MBlob {
+                    flags: if *thin { 1 } else { 0 },
+                    clusters: *clusters,
+                    data: vec![0; (*clusters * cs) as usize],
+                    xattrs: BTreeMap::new(),
+                },
+            );
+        }
+        Step::Delete { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                store.delete_blob(blobstore::BlobId(id))?;
+                model.remove(&id);
+            }
+        }
+        Step::Resize { pick, clusters } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = model.get_mut(&id).unwrap();
+                if b.flags & 2 == 0 {
+                    match store.open_blob(blobstore::BlobId(id))?.resize(*clusters) {
+                        Err(Error::NoSpace(_)) => return Ok(false),
+                        r => r?,
+                    }
+                    b.clusters = *clusters;
+                    b.data.resize((*clusters * cs) as usize, 0);
+                }
+            }
+        }
+        Step::Write { pick, unit, units } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = model.get_mut(&id).unwrap();
+                if let (Some((off, len)), 0) = (clamp(b, cs, *unit, *units), b.flags & 2) {
+                    let data = pattern(tag, off, len as usize);
+                    let blob = store.open_blob(blobstore::BlobId(id))?;
+                    match blob.write(ch, off, &data) {
+                        Ok(()) => b.data[off as usize..(off + len) as usize].copy_from_slice(&data),
+                        Err(Error::NoSpace(_)) => {
+                            // Pieces before the full cluster were written: take what the
+                            // store holds now (the same in every run of these steps).
+                            let r = off as usize..(off + len) as usize;
+                            blob.read(ch, off, &mut b.data[r])?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Step::Unmap { pick, unit, units } | Step::Zeroes { pick, unit, units } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = model.get_mut(&id).unwrap();
+                if let (Some((off, len)), 0) = (clamp(b, cs, *unit, *units), b.flags & 2) {
+                    let blob = store.open_blob(blobstore::BlobId(id))?;
+                    if matches!(step, Step::Unmap { .. }) {
+                        blob.unmap(ch, off, len)?;
+                    } else {
+                        blob.write_zeroes(ch, off, len)?;
+                    }
+                    b.data[off as usize..(off + len) as usize].fill(0);
+                }
+            }
+        }
+        Step::SetX {
+            pick,
+            internal,
+            name,
+            len,
+        } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = model.get_mut(&id).unwrap();
+                if b.flags & 2 == 0 {
+                    let name = format!("x{name}").into_bytes();
+                    let value = pattern(tag, 0, *len);
+                    let ns = if *internal {
+                        XattrNs::Internal
+                    } else {
+                        XattrNs::User
+                    };
+                    store
+                        .open_blob(blobstore::BlobId(id))?
+                        .set_xattr_ns(ns, &name, &value)?;
+                    b.xattrs.insert((*internal, name), value);
+                }
+            }
+        }
+        Step::RemoveX { pick, which } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = model.get_mut(&id).unwrap();
+                if b.flags & 2 == 0 && !b.xattrs.is_empty() {
+                    let key = b.xattrs.keys().nth(which % b.xattrs.len()).unwrap().clone();
+                    let ns = if key.0 {
+                        XattrNs::Internal
+                    } else {
+                        XattrNs::User
+                    };
+                    store
+                        .open_blob(blobstore::BlobId(id))?
+                        .remove_xattr_ns(ns, &key.1)?;
+                    b.xattrs.remove(&key);
+                }
+            }
+        }
+        Step::MoveX { from, to } => {
+            // Like a rename between directories: remove here, add there, atomically.
+            let (Some(a), Some(bid)) = (pick_id(model, *from), pick_id(model, *to)) else {
+                return Ok(false);
+            };
+            let src = &model[&a];
+            let dst = &model[&bid];
+            let Some(key) = src.xattrs.keys().find(|k| k.0).cloned() else {
+                return Ok(false);
+            };
+            if a == bid || src.flags & 2 != 0 || dst.flags & 2 != 0 {
+                return Ok(false);
+            }
+            let value = src.xattrs[&key].clone();
+            let newname = [key.1.clone(), b"m".to_vec()].concat();
+            let mut t = store.transaction();
+            t.remove_xattr(blobstore::BlobId(a), XattrNs::Internal, &key.1);
+            t.set_xattr(blobstore::BlobId(bid), XattrNs::Internal, &newname, &value);
+            t.commit()?;
+            model.get_mut(&a).unwrap().xattrs.remove(&key);
+            model
+                .get_mut(&bid)
+                .unwrap()
+                .xattrs
+                .insert((true, newname), value);
+        }
+        Step::TxnCreateDelete { pick, clusters } => {
+            let victim = pick_id(model, *pick);
+            let mut t = store.transaction();
+            let id = t.create_blob(*clusters);
+            let value = pattern(tag, 0, 40);
+            t.set_xattr(id, XattrNs::Internal, b"born", &value);
+            if let Some(v) = victim {
+                t.delete_blob(blobstore::BlobId(v));
+            }
+            t.commit()?;
+            if let Some(v) = victim {
+                model.remove(&v);
+            }
+            let mut xattrs = BTreeMap::new();
+            xattrs.insert((true, b"born".to_vec()), value);
+            model.insert(
+                id.0,
+                MBlob {
+                    flags: 1,
+                    clusters: *clusters,
+                    data: vec![0; (*clusters * cs) as usize],
+                    xattrs,
+                },
+            );
+        }
+        Step::ReadOnly { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                store.open_blob(blobstore::BlobId(id))?.set_read_only()?;
+                model.get_mut(&id).unwrap().flags |= 2;
+            }
+        }
+        Step::Sync => {
+            store.sync()?;
+            return Ok(true);
+        }
+        Step::Checkpoint => {
+            store.checkpoint()?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Reads the whole store back into a model.
+fn read_model(store: &Blobstore, cs: u64) -> Result<Model, Error> {
+    let mut ch = store.channel()?;
+    let mut m = Model::new();
+    for id in store.blob_ids() {
+        let meta = store.blob_meta(id)?;
+        let blob = store.open_blob(id)?;
+        let mut data = vec![0u8; (meta.clusters.len() as u64 * cs) as usize];
+        if !data.is_empty() {
+            blob.read(&mut ch, 0, &mut data)?;
+        }
+        let mut xattrs = BTreeMap::new();
+        for (k, v) in &meta.xattrs {
+            xattrs.insert((false, k.clone()), v.clone());
+        }
+        for (k, v) in &meta.internal {
+            xattrs.insert((true, k.clone()), v.clone());
+        }
+        m.insert(
+            id.0,
+            MBlob {
+                flags: meta.flags,
+                clusters: meta.clusters.len() as u64,
+                data,
+                xattrs,
+            },
+        );
+    }
+    Ok(m)
+}
+
+struct Setup {
+    base: MemDevice,
+    opts: OpenOptions,
+    cs: u64,
+}
+
+fn setup(p: &Profile) -> Setup {
+    let base = MemDevice::new(MemOptions {
+        capacity: p.capacity,
+        lba_size: LBA as u32,
+        ..MemOptions::default()
+    })
+    .unwrap();
+    Blobstore::format(
+        Arc::new(base.clone()),
+        &FormatOptions {
+            cluster_size: p.cluster,
+            ..FormatOptions::default()
+        },
+    )
+    .unwrap();
+    Setup {
+        base,
+        opts: OpenOptions {
+            checkpoint_bytes: p.checkpoint_bytes,
+            ..OpenOptions::default()
+        },
+        cs: u64::from(p.cluster),
+    }
+}
+
+/// Runs the steps on a copy of the base image with a crash after `cut` mutating commands
+/// (never, if `None`). Returns the device, the number of steps that completed, and the
+/// number of mutating commands issued.
+fn run_once(s: &Setup, steps: &[Step], seed: u64, cut: Option<u64>) -> (MemDevice, usize, u64) {
+    let mem = s.base.duplicate();
+    let plan = FaultPlan::new(CountMode::Mutating, seed);
+    if let Some(n) = cut {
+        plan.crash_after(n);
+    }
+    let m2 = mem.clone();
+    plan.on_crash(move || m2.kill());
+    let dev = Arc::new(FaultDevice::new(Arc::new(mem.clone()), Arc::clone(&plan)));
+    let store = Blobstore::open(dev, s.opts.clone()).expect("open base image");
+    let mut ch = store.channel().unwrap();
+    let mut model = Model::new();
+    let mut done = 0;
+    for (i, st) in steps.iter().enumerate() {
+        if exec(
+            st,
+            (seed << 20) | i as u64,
+            &store,
+            &mut ch,
+            &mut model,
+            s.cs,
+        )
+        .is_err()
+        {
+            break;
+        }
+        done = i + 1;
+    }
+    (mem, done, plan.counted())
+}
+
+#[derive(Default)]
+struct Tally {
+    points: u64,
+    lost: u64,
+    inconsistent: u64,
+}
+
+fn sweep(p: &Profile, seeds: std::ops::Range<u64>, min_points: u64) -> Tally {
+    let s = setup(p);
+    let mut tally = Tally::default();
+    for seed in seeds {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xC0FFEE);
+        let steps: Vec<Step> = (0..p.steps).map(|_| make_step(&mut rng, p)).collect();
+        // Reference run: model states after each step, and which steps were acks.
+        let mut states = vec![Model::new()];
+        let mut acks = vec![true];
+        {
+            let mem = s.base.duplicate();
+            let store = Blobstore::open(Arc::new(mem.clone()), s.opts.clone()).unwrap();
+            let mut ch = store.channel().unwrap();
+            let mut model = Model::new();
+            for (i, st) in steps.iter().enumerate() {
+                let ack = exec(
+                    st,
+                    (seed << 20) | i as u64,
+                    &store,
+                    &mut ch,
+                    &mut model,
+                    s.cs,
+                )
+                .unwrap_or_else(|e| panic!("reference run, step {i} {st:?}: {e}"));
+                states.push(model.clone());
+                acks.push(ack);
+            }
+            assert_eq!(
+                read_model(&store, s.cs).unwrap(),
+                model,
+                "reference run state"
+            );
+        }
+        let (_, done, total) = run_once(&s, &steps, seed, None);
+        if std::env::var("PC_DEBUG").is_ok() {
+            let last = states.last().unwrap();
+            eprintln!(
+                "{} seed {seed}: ios={total} blobs={} clusters={} acks={}",
+                p.name,
+                last.len(),
+                last.values().map(|b| b.clusters).sum::<u64>(),
+                acks.iter().filter(|a| **a).count()
+            );
+        }
+        assert_eq!(done, steps.len());
+        for n in 0..=total {
+            let (mem, done, _) = run_once(&s, &steps, seed, Some(n));
+            // States reachable: from the last acknowledged state to the one after the
+            // step that was interrupted.
+            let hi = (done + 1).min(steps.len());
+            let lo = (0..=done).rev().find(|&i| acks[i]).unwrap_or(0);
+            let policy = match n % 4 {
+                0 => CutPolicy::DropAll,
+                1 => CutPolicy::KeepAll,
+                _ => CutPolicy::Random,
+            };
+            let mut crng = StdRng::seed_from_u64(seed * 1_000_003 + n);
+            let img = mem.power_cut(policy, &mut crng);
+            tally.points += 1;
+            let store = match Blobstore::open(Arc::new(img), s.opts.clone()) {
+                Ok(st) => st,
+                Err(e) => {
+                    tally.inconsistent += 1;
+                    eprintln!(
+                        "{}: seed {seed} cut {n} ({policy:?}): load failed: {e}",
+                        p.name
+                    );
+                    continue;
+                }
+            };
+            match store.check() {
+                Ok(r) if r.is_clean() => {}
+                Ok(r) => {
+                    tally.inconsistent += 1;
+                    eprintln!("{}: seed {seed} cut {n}: check: {:?}", p.name, r.problems);
+                    continue;
+                }
+                Err(e) => {
+                    tally.inconsistent += 1;
+                    eprintln!("{}: seed {seed} cut {n}: check failed: {e}", p.name);
+                    continue;
+                }
+            }
+            let got = read_model(&store, s.cs).unwrap();
+            let window = &states[lo..=hi];
+            let meta_ok = window.iter().any(|m| meta_of(m) == meta_of(&got));
+            let data_ok = got.iter().all(|(id, b)| {
+                b.data.chunks(LBA as usize).enumerate().all(|(u, unit)| {
+                    let r = u * LBA as usize..(u + 1) * LBA as usize;
+                    window.iter().any(|m| {
+                        m.get(id)
+                            .and_then(|mb| mb.data.get(r.clone()))
+                            .is_some_and(|d| d == unit)
+                    })
+                })
+            });
+            if !meta_ok || !data_ok {
+                tally.lost += 1;
+                eprintln!(
+                    "{}: seed {seed} cut {n} ({policy:?}): steps done {done}, window {lo}..={hi}: meta_ok={meta_ok} data_ok={data_ok}; steps {:?}",
+                    p.name,
+                    &steps[lo.saturating_sub(1)..hi.min(steps.len())]
+                );
+            }
+        }
+        if tally.points >= min_points {
+            break;
+        }
+    }
+    tally
+}
+
+fn report(p: &Profile, min_points: u64) {
+    let t = sweep(p, 0..1000, min_points);
+    println!(
+        "power-cut: workload={} points={} lost={} inconsistent={}",
+        p.name, t.points, t.lost, t.inconsistent
+    );
+    assert!(
+        t.points >= min_points,
+        "{}: only {} points",
+        p.name,
+        t.points
+    );
+    assert_eq!(t.lost, 0, "{}: acknowledged state lost", p.name);
+    assert_eq!(t.inconsistent, 0, "{}: inconsistent after recovery", p.name);
+}
+
+//                         Cr Del Rsz Wr Unm Zer SetX RmX MvX Txn RO Sync Ckpt
+const W_BLOBDATA: [u32; 13] = [6, 2, 3, 10, 0, 0, 1, 0, 0, 0, 0, 4, 0];
+const W_XATTR: [u32; 13] = [3, 1, 0, 1, 0, 0, 8, 3, 6, 3, 0, 5, 0];
+const W_UNMAP: [u32; 13] = [3, 1, 1, 8, 4, 3, 0, 0, 0, 0, 1, 4, 0];
+const W_CKPT: [u32; 13] = [3, 1, 1, 3, 1, 0, 6, 2, 2, 1, 0, 8, 2];
+const W_MIXED: [u32; 13] = [4, 2, 2, 6, 2, 2, 3, 2, 2, 2, 1, 5, 1];
+
+#[test]
+fn power_cut_blob_data() {
+    report(
+        &Profile {
+            name: "blob-data",
+            cluster: 16 * 1024,
+            capacity: 512 << 10,
+            checkpoint_bytes: None,
+            steps: 200,
+            weights: W_BLOBDATA,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn power_cut_xattr_transactions() {
+    report(
+        &Profile {
+            name: "xattr-txn",
+            cluster: 16 * 1024,
+            capacity: 512 << 10,
+            checkpoint_bytes: None,
+            steps: 200,
+            weights: W_XATTR,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn power_cut_unmap_zeroes() {
+    report(
+        &Profile {
+            name: "unmap-zeroes",
+            cluster: 16 * 1024,
+            capacity: 512 << 10,
+            checkpoint_bytes: None,
+            steps: 200,
+            weights: W_UNMAP,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn power_cut_checkpoint_churn() {
+    report(
+        &Profile {
+            name: "checkpoint-churn",
+            cluster: 16 * 1024,
+            capacity: 512 << 10,
+            checkpoint_bytes: Some(48 * 1024),
+            steps: 200,
+            weights: W_CKPT,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn power_cut_mixed() {
+    report(
+        &Profile {
+            name: "mixed",
+            cluster: 16 * 1024,
+            capacity: 512 << 10,
+            checkpoint_bytes: Some(96 * 1024),
+            steps: 200,
+            weights: W_MIXED,
+        },
+        3000,
+    );
+}
