@@ -108,6 +108,9 @@ pub(crate) fn check(store: &Blobstore) -> Result<CheckReport> {
     for c in &pending_frees {
         claim(*c, Owner::PendingFree, &mut rep);
     }
+    for c in &st.bg_segments {
+        claim(*c, Owner::Log, &mut rep);
+    }
     let mut used = 0u64;
     for (i, o) in owner.iter().enumerate() {
         let c = ClusterIdx(i as u64);

@@ -65,6 +65,10 @@ pub struct OpenOptions {
     pub checkpoint_bytes: Option<u64>,
     /// Queue depth of each I/O channel.
     pub queue_depth: u32,
+    /// Write checkpoints on a background thread while commits go on (default). When off,
+    /// the commit that finds the log too long writes the checkpoint itself: deterministic
+    /// I/O order, which the power-cut sweeps rely on.
+    pub background_checkpoint: bool,
 }
 
 impl Default for OpenOptions {
@@ -73,6 +77,7 @@ impl Default for OpenOptions {
             read_only: false,
             checkpoint_bytes: None,
             queue_depth: 128,
+            background_checkpoint: true,
         }
     }
 }
@@ -122,6 +127,8 @@ pub(crate) struct State {
     pub op_seq: u64,
     /// Clusters data allocation must leave free for the log and checkpoints.
     pub reserve: u64,
+    /// Segments of a background checkpoint's new log, not yet the live log.
+    pub bg_segments: Vec<ClusterIdx>,
 }
 
 pub(crate) struct Committer {
@@ -132,6 +139,58 @@ pub(crate) struct Committer {
     flushed_writes: u64,
     /// Frees of a commit in flight, released once durable.
     pub(crate) releasing: Vec<ClusterIdx>,
+    /// The log is long: the next commit also takes a snapshot for the background thread.
+    want_snapshot: bool,
+    /// A background checkpoint in progress: groups committed to the old log since its
+    /// snapshot, to be copied to the new log before the switch.
+    ckpt: Option<CkptProgress>,
+    next_token: u64,
+}
+
+struct CkptProgress {
+    token: u64,
+    catch_up: Vec<Vec<u8>>,
+}
+
+/// A snapshot handed to the background checkpointer.
+struct BgJob {
+    token: u64,
+    snapshot: Vec<u8>,
+    /// Epoch of the log the snapshot was taken from; the switch is void if it changed.
+    epoch: u64,
+}
+
+#[derive(Default)]
+struct BgState {
+    job: Option<BgJob>,
+    busy: bool,
+    shutdown: bool,
+}
+
+/// The background checkpointer's mailbox.
+#[derive(Default)]
+struct Bg {
+    m: Mutex<BgState>,
+    cv: Condvar,
+}
+
+/// Owned by the user-facing `Blobstore` handles: when the last one goes, the background
+/// thread is stopped and joined, so no checkpoint I/O outlives the store.
+struct Lifecycle {
+    bg: Option<Arc<Bg>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Lifecycle {
+    fn drop(&mut self) {
+        if let Some(bg) = &self.bg {
+            bg.m.lock().shutdown = true;
+            bg.cv.notify_all();
+        }
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -160,12 +219,15 @@ pub(crate) struct Inner {
     pub data_writes: AtomicU64,
     replay_stats: ReplayStats,
     tail: TailInfo,
+    bg: Option<Arc<Bg>>,
 }
 
 /// A blobstore on a device. Cheap to clone (shared handle); `Send + Sync`.
 #[derive(Clone)]
 pub struct Blobstore {
     pub(crate) inner: Arc<Inner>,
+    /// Held for its `Drop`: the last handle stops the background checkpointer.
+    _life: Arc<Lifecycle>,
 }
 
 impl fmt::Debug for Blobstore {
@@ -367,6 +429,7 @@ impl Blobstore {
             pending_frees: Vec::new(),
             op_seq: 0,
             reserve: 0,
+            bg_segments: Vec::new(),
         };
         state.reserve = reserve_for(checkpoint_bytes, cluster_size, r.journal.snapshot_bytes);
         let inner = Inner {
@@ -382,6 +445,9 @@ impl Blobstore {
                 sb,
                 flushed_writes: 0,
                 releasing: Vec::new(),
+                want_snapshot: false,
+                ckpt: None,
+                next_token: 1,
             }),
             ctl: Mutex::new(CommitCtl::default()),
             cv: Condvar::new(),
@@ -390,11 +456,30 @@ impl Blobstore {
             data_writes: AtomicU64::new(0),
             replay_stats: r.stats,
             tail: r.tail,
+            bg: (!opts.read_only && opts.background_checkpoint).then(Arc::default),
             opts,
             dev,
         };
+        let inner = Arc::new(inner);
+        let thread = match &inner.bg {
+            Some(bg) => {
+                let weak = Arc::downgrade(&inner);
+                let bg = Arc::clone(bg);
+                Some(
+                    std::thread::Builder::new()
+                        .name("blobstore-ckpt".into())
+                        .spawn(move || bg_main(weak, bg))
+                        .map_err(|e| Error::Io(driver::Error::Io(e)))?,
+                )
+            }
+            None => None,
+        };
         Ok(Blobstore {
-            inner: Arc::new(inner),
+            _life: Arc::new(Lifecycle {
+                bg: inner.bg.clone(),
+                thread: Mutex::new(thread),
+            }),
+            inner,
         })
     }
 
@@ -577,6 +662,16 @@ impl Blobstore {
         Ok(())
     }
 
+    /// Waits until the background checkpointer has nothing queued or running.
+    pub fn wait_background(&self) {
+        if let Some(bg) = &self.inner.bg {
+            let mut st = bg.m.lock();
+            while (st.job.is_some() || st.busy) && !st.shutdown {
+                bg.cv.wait(&mut st);
+            }
+        }
+    }
+
     /// Runs the consistency check (see [`crate::check`]).
     pub fn check(&self) -> Result<crate::check::CheckReport> {
         crate::check::check(self)
@@ -609,10 +704,10 @@ pub struct MetadataLayout {
 }
 
 /// Clusters kept from data so the log and a checkpoint can always be written: the log can
-/// grow to `checkpoint_bytes` before a checkpoint, and a checkpoint needs room for a new
-/// snapshot while the old log still exists.
+/// grow to twice `checkpoint_bytes` before a checkpoint is forced, and a checkpoint needs
+/// room for a new snapshot while the old log still exists.
 fn reserve_for(checkpoint_bytes: u64, cluster_size: u64, snapshot_bytes: u64) -> u64 {
-    checkpoint_bytes.div_ceil(cluster_size) + 2 * snapshot_bytes.div_ceil(cluster_size / 2) + 2
+    (2 * checkpoint_bytes).div_ceil(cluster_size) + 2 * snapshot_bytes.div_ceil(cluster_size / 2) + 2
 }
 
 /// MapRun records for clusters placed at consecutive indices from `start`.
@@ -826,35 +921,201 @@ impl Inner {
     }
 
     /// The leader's work. Returns the op sequence and data-write count now durable.
+    /// Whether the background checkpointer is running.
+    fn background(&self) -> bool {
+        self.bg.as_ref().is_some_and(|b| !b.m.lock().shutdown)
+    }
+
     fn lead_commit(&self, force_checkpoint: bool) -> Result<(u64, u64)> {
         let mut guard = self.committer.lock();
         let c = &mut *guard;
-        let checkpoint = force_checkpoint || c.journal.bytes >= self.checkpoint_bytes;
+        let background = self.background();
+        let long = c.journal.bytes >= self.checkpoint_bytes;
+        // Back-pressure: if the background checkpointer falls behind and the log reaches
+        // twice the threshold, checkpoint here (voiding its job) so the log stays within
+        // the space reserved for it.
+        let too_long = c.journal.bytes >= 2 * self.checkpoint_bytes;
+        let inline = force_checkpoint || (!background && long) || too_long;
+        let bg_snapshot = !inline && background && c.want_snapshot && c.ckpt.is_none();
         // Take the queued records (and the snapshot) in one critical section, so that the
         // snapshot is exactly the state after them.
         let (records, frees, seq, snapshot) = {
             let mut st = self.state.lock();
             let records = std::mem::take(&mut st.pending);
             let frees = std::mem::take(&mut st.pending_frees);
-            let snapshot = checkpoint.then(|| encode_all(&st.table.snapshot_records()));
+            let snapshot =
+                (inline || bg_snapshot).then(|| encode_all(&st.table.snapshot_records()));
             (records, frees, st.op_seq, snapshot)
         };
         let writes = self.data_writes.load(Ordering::SeqCst);
         c.releasing = frees;
-        let res = self.commit_body(c, records, snapshot, writes);
+        let (inline_snapshot, bg_job) = if inline {
+            (snapshot, None)
+        } else {
+            (None, snapshot)
+        };
+        let res = self.commit_body(c, records, inline_snapshot, writes);
         match res {
             Ok(()) => {
                 c.flushed_writes = writes;
                 let frees = std::mem::take(&mut c.releasing);
-                let mut st = self.state.lock();
-                for f in frees {
-                    st.alloc.release(f);
+                {
+                    let mut st = self.state.lock();
+                    for f in frees {
+                        st.alloc.release(f);
+                    }
                 }
+                if inline {
+                    // The log was replaced: a background checkpoint of the old one is void.
+                    c.ckpt = None;
+                    c.want_snapshot = false;
+                }
+                if let (Some(snapshot), Some(bg)) = (bg_job, self.bg.as_ref()) {
+                    let token = c.next_token;
+                    c.next_token += 1;
+                    c.want_snapshot = false;
+                    c.ckpt = Some(CkptProgress {
+                        token,
+                        catch_up: Vec::new(),
+                    });
+                    bg.m.lock().job = Some(BgJob {
+                        token,
+                        snapshot,
+                        epoch: c.journal.epoch,
+                    });
+                    bg.cv.notify_all();
+                }
+                if background && c.ckpt.is_none() && c.journal.bytes >= self.checkpoint_bytes {
+                    c.want_snapshot = true;
+                }
+                // Hand the lock over fairly: the background checkpointer waits for it to
+                // switch logs, and a busy committer must not starve it.
+                parking_lot::MutexGuard::unlock_fair(guard);
                 Ok((seq, writes))
             }
             Err(e) => {
                 self.turn_read_only(e.to_string());
                 Err(e)
+            }
+        }
+    }
+
+    /// The background part of a checkpoint: write the snapshot into a new log without
+    /// holding the committer (commits go on into the old log), then, holding it, copy the
+    /// groups committed meanwhile, write the superblock and switch.
+    fn run_bg_checkpoint(&self, job: BgJob, bg: &Bg, qp: &mut Option<Box<dyn QueuePair>>) {
+        let dev = self.dev.as_ref();
+        let (unit, seg_size) = {
+            let c = self.committer.lock();
+            (c.journal.unit, c.journal.seg_size)
+        };
+        let new_segment = || -> Result<ClusterIdx> {
+            let mut st = self.state.lock();
+            let s = st
+                .alloc
+                .alloc()
+                .ok_or_else(|| Error::NoSpace("no cluster left for the metadata log".into()))?;
+            st.bg_segments.push(s);
+            Ok(s)
+        };
+        let free_segments = |segs: &[ClusterIdx]| {
+            let mut st = self.state.lock();
+            for s in segs {
+                st.alloc.release(*s);
+            }
+            st.bg_segments.clear();
+        };
+        let cancel = |segs: &[ClusterIdx]| {
+            free_segments(segs);
+            let mut c = self.committer.lock();
+            if c.ckpt.as_ref().is_some_and(|k| k.token == job.token) {
+                c.ckpt = None;
+            }
+        };
+        let Ok(seg) = new_segment() else {
+            cancel(&[]);
+            return;
+        };
+        let epoch = random_u64();
+        let mut j = Journal::new(epoch, 1, chain_seed(epoch), seg, unit, seg_size);
+        let mut alloc_seg = new_segment;
+        let writes = match j.build_group(&job.snapshot, &mut alloc_seg) {
+            Ok(w) => w,
+            Err(_) => {
+                cancel(&j.segments);
+                return;
+            }
+        };
+        j.snapshot_bytes = j.bytes;
+        if bg.m.lock().shutdown {
+            cancel(&j.segments);
+            return;
+        }
+        let q = match qp {
+            Some(q) => q,
+            None => match dev.open_qpair(32) {
+                Ok(q) => qp.insert(q),
+                Err(_) => {
+                    cancel(&j.segments);
+                    return;
+                }
+            },
+        };
+        let written = write_all(q.as_mut(), log_writes_to_ops(writes, dev, self.cluster_size))
+            .and_then(|()| flush(q.as_mut()));
+        if let Err(e) = written {
+            self.turn_read_only(e.to_string());
+            cancel(&j.segments);
+            return;
+        }
+        let mut guard = self.committer.lock();
+        let c = &mut *guard;
+        let current = c.ckpt.as_ref().is_some_and(|k| k.token == job.token)
+            && c.journal.epoch == job.epoch
+            && !self.read_only_flag.load(Ordering::SeqCst);
+        if !current {
+            drop(guard);
+            cancel(&j.segments);
+            return;
+        }
+        let catch_up = c.ckpt.take().map(|k| k.catch_up).unwrap_or_default();
+        let res = (|| -> Result<()> {
+            if !catch_up.is_empty() {
+                let mut ops = Vec::new();
+                for payload in &catch_up {
+                    let w = j.build_group(payload, &mut alloc_seg)?;
+                    ops.extend(log_writes_to_ops(w, dev, self.cluster_size));
+                }
+                write_all(c.qp.as_mut(), ops)?;
+                flush(c.qp.as_mut())?;
+            }
+            let mut sb = c.sb.clone();
+            sb.generation += 1;
+            sb.log_start = j.segments[0].0;
+            sb.log_epoch = j.epoch;
+            sb.log_start_seq = 1;
+            sb.checkpoint_count += 1;
+            sb_write(c.qp.as_mut(), dev, &sb)?;
+            flush(c.qp.as_mut())?;
+            c.sb = sb;
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                let old = std::mem::replace(&mut c.journal, j);
+                let mut st = self.state.lock();
+                st.bg_segments.clear();
+                for s in old.segments {
+                    st.alloc.release(s);
+                }
+                st.reserve =
+                    reserve_for(self.checkpoint_bytes, self.cluster_size, c.journal.snapshot_bytes);
+            }
+            Err(e) => {
+                self.turn_read_only(e.to_string());
+                let segs = j.segments.clone();
+                drop(guard);
+                free_segments(&segs);
             }
         }
     }
@@ -888,6 +1149,10 @@ impl Inner {
             None => {
                 let payload = encode_all(&records);
                 let writes = c.journal.build_group(&payload, &mut new_segment)?;
+                if let Some(k) = c.ckpt.as_mut() {
+                    // A background checkpoint must copy this group into its new log.
+                    k.catch_up.push(payload);
+                }
                 write_all(
                     c.qp.as_mut(),
                     log_writes_to_ops(writes, dev, self.cluster_size),
@@ -1062,5 +1327,31 @@ impl Transaction<'_> {
         let store = self.store.clone();
         self.commit()?;
         store.sync()
+    }
+}
+
+/// The background checkpointer: waits for snapshots from commits and writes them.
+fn bg_main(weak: std::sync::Weak<Inner>, bg: Arc<Bg>) {
+    let mut qp: Option<Box<dyn QueuePair>> = None;
+    loop {
+        let job = {
+            let mut st = bg.m.lock();
+            loop {
+                if st.shutdown {
+                    return;
+                }
+                if let Some(j) = st.job.take() {
+                    st.busy = true;
+                    break j;
+                }
+                bg.cv.wait(&mut st);
+            }
+        };
+        if let Some(inner) = weak.upgrade() {
+            inner.run_bg_checkpoint(job, &bg, &mut qp);
+        }
+        let mut st = bg.m.lock();
+        st.busy = false;
+        bg.cv.notify_all();
     }
 }

@@ -264,6 +264,7 @@ fn long_logs_jump_segments_and_checkpoint() {
             },
             OpenOptions {
                 checkpoint_bytes: Some(128 * 1024),
+                background_checkpoint: false,
                 ..Default::default()
             },
         )
@@ -512,7 +513,20 @@ fn enospc_then_recovers_after_delete() {
 
 #[test]
 fn group_commit_shares_flushes() {
-    let td = TestDev::mem(64 << 20, 4096);
+    // A flush that takes time, as on a real device: that is what group commit amortizes.
+    let mem = driver::mem::MemDevice::new(driver::mem::MemOptions {
+        capacity: 64 << 20,
+        flush_delay: std::time::Duration::from_micros(300),
+        ..Default::default()
+    })
+    .unwrap();
+    let td = TestDev {
+        name: "mem-slow-flush",
+        dev: Arc::new(mem.clone()),
+        mem: Some(mem),
+        dir: None,
+        path: None,
+    };
     let store = td.format(CS);
     let threads = 8;
     let per = 50;
@@ -552,4 +566,49 @@ fn group_commit_shares_flushes() {
         );
     }
     assert_clean(&store);
+}
+
+#[test]
+fn background_checkpoints_while_committing() {
+    for td in TestDev::all(32 << 20, 4096) {
+        let store = Blobstore::create(
+            Arc::clone(&td.dev),
+            &blobstore::FormatOptions {
+                cluster_size: 16 * 1024,
+                ..Default::default()
+            },
+            OpenOptions {
+                checkpoint_bytes: Some(64 * 1024),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ids: Vec<_> = (0..4)
+            .map(|_| store.create_blob(BlobOptions::default()).unwrap())
+            .collect();
+        let gen0 = store.info().generation;
+        std::thread::scope(|s| {
+            for id in &ids {
+                let store = store.clone();
+                let id = *id;
+                s.spawn(move || {
+                    let b = store.open_blob(id).unwrap();
+                    for i in 0..300u32 {
+                        b.set_xattr(format!("k{}", i % 20).as_bytes(), &i.to_le_bytes())
+                            .unwrap();
+                        b.sync().unwrap();
+                    }
+                });
+            }
+        });
+        store.wait_background();
+        let gens = store.info().generation - gen0;
+        assert!(gens >= 2, "{}: only {gens} checkpoints", td.name);
+        let want = store.export();
+        assert_clean(&store);
+        drop(store);
+        let store = td.open();
+        assert_eq!(store.export(), want, "{}", td.name);
+        assert_clean(&store);
+    }
 }

@@ -423,6 +423,8 @@ fn setup(p: &Profile) -> Setup {
         base,
         opts: OpenOptions {
             checkpoint_bytes: p.checkpoint_bytes,
+            // Checkpoints in the committing thread: the same I/O order in every run.
+            background_checkpoint: false,
             ..OpenOptions::default()
         },
         cs: u64::from(p.cluster),
@@ -693,7 +695,9 @@ fn power_cut_concurrent_group_commit() {
         steps: 0,
         weights: W_MIXED,
     };
-    let s = setup(&p);
+    let mut s = setup(&p);
+    // Here checkpoints run on the background thread, racing with the commits.
+    s.opts.background_checkpoint = true;
     let threads = 4usize;
     let mut tally = Tally::default();
     let mut rng = StdRng::seed_from_u64(99);

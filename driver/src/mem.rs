@@ -165,6 +165,7 @@ struct Shared {
     cache: CacheModel,
     reorder: bool,
     seed: u64,
+    flush_delay: std::time::Duration,
     next_qp: AtomicU64,
     state: Mutex<State>,
     name: String,
@@ -197,6 +198,9 @@ pub struct MemOptions {
     pub reorder: bool,
     /// Seed of the reordering.
     pub seed: u64,
+    /// Time a Flush takes (a real device's cache flush is not free; group commit needs a
+    /// cost to amortize to be measurable).
+    pub flush_delay: std::time::Duration,
 }
 
 impl Default for MemOptions {
@@ -209,6 +213,7 @@ impl Default for MemOptions {
             cache: CacheModel::Volatile,
             reorder: true,
             seed: 0x5eed,
+            flush_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -237,9 +242,7 @@ impl MemDevice {
         let chunk = (opts.lba_size as usize).max(4096);
         Ok(Self::from_parts(
             geom,
-            opts.cache,
-            opts.reorder,
-            opts.seed,
+            (opts.cache, opts.reorder, opts.seed, opts.flush_delay),
             Sparse::new(chunk),
         ))
     }
@@ -255,9 +258,7 @@ impl MemDevice {
 
     fn from_parts(
         geom: Geometry,
-        cache: CacheModel,
-        reorder: bool,
-        seed: u64,
+        (cache, reorder, seed, flush_delay): (CacheModel, bool, u64, std::time::Duration),
         durable: Sparse,
     ) -> MemDevice {
         MemDevice {
@@ -266,6 +267,7 @@ impl MemDevice {
                 cache,
                 reorder,
                 seed,
+                flush_delay,
                 next_qp: AtomicU64::new(0),
                 state: Mutex::new(State {
                     current: durable.clone(),
@@ -277,6 +279,11 @@ impl MemDevice {
                 name: format!("mem:{}", geom.capacity()),
             }),
         }
+    }
+
+    fn params(&self) -> (CacheModel, bool, u64, std::time::Duration) {
+        let s = &self.shared;
+        (s.cache, s.reorder, s.seed, s.flush_delay)
     }
 
     /// Counters since creation or the last [`MemDevice::reset_stats`].
@@ -347,25 +354,13 @@ impl MemDevice {
             }
         }
         drop(st);
-        MemDevice::from_parts(
-            self.shared.geom,
-            self.shared.cache,
-            self.shared.reorder,
-            self.shared.seed,
-            image,
-        )
+        MemDevice::from_parts(self.shared.geom, self.params(), image)
     }
 
     /// An independent copy of this device as it stands, including its unflushed writes.
     pub fn duplicate(&self) -> MemDevice {
         let st = self.shared.state.lock();
-        let dev = MemDevice::from_parts(
-            self.shared.geom,
-            self.shared.cache,
-            self.shared.reorder,
-            self.shared.seed,
-            st.durable.clone(),
-        );
+        let dev = MemDevice::from_parts(self.shared.geom, self.params(), st.durable.clone());
         {
             let mut nst = dev.shared.state.lock();
             nst.current = st.current.clone();
@@ -524,6 +519,9 @@ impl QueuePair for MemQueuePair {
                 self.queued.shuffle(&mut self.rng);
             }
             for (op, tag) in self.queued.drain(..) {
+                if matches!(op, Op::Flush) && !self.dev.shared.flush_delay.is_zero() {
+                    std::thread::sleep(self.dev.shared.flush_delay);
+                }
                 let c = self.dev.execute(op, tag);
                 self.done.push_back(c);
             }
