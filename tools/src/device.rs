@@ -1,0 +1,268 @@
+//! Device specs as the tools accept them, and opening stores on them.
+//!
+//! A spec is `mem:SIZE`, `file:PATH` or a plain `PATH` (a regular file or a block device),
+//! optionally followed by `?lba=N`, as in `driver::open_uri`. The tools parse it themselves
+//! so they can open files read-only, create image files and pick the LBA size an existing
+//! store was made with.
+
+use anyhow::{anyhow, bail, Context, Result};
+use blobstore::format::superblock::SB_SIZE;
+use blobstore::{recovery, Blobstore, OpenOptions};
+use driver::uring::{UringDevice, UringOptions};
+use driver::Device;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// LBA size used for regular files when nothing else says otherwise.
+pub const DEFAULT_FILE_LBA: u32 = 4096;
+
+/// Where a store lives.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A fresh in-memory device of `size` bytes (empty every time it is opened).
+    Mem {
+        size: u64,
+        lba: Option<u32>,
+        /// The spec as given, for messages.
+        spec: String,
+    },
+    /// A regular file or block device.
+    Path { path: PathBuf, lba: Option<u32> },
+}
+
+/// What a path currently is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathKind {
+    Missing,
+    File,
+    BlockDevice,
+}
+
+/// Parses a size such as `4096`, `64K`, `1M`, `10G` (binary units); `what` names the value
+/// in the error message.
+pub fn parse_size(what: &str, s: &str) -> Result<u64> {
+    driver::parse_size(s)
+        .ok_or_else(|| anyhow!("{what} {s:?} is not a size (examples: 4096, 64K, 1M, 10G)"))
+}
+
+/// Parses an LBA size: 512 or 4096.
+pub fn parse_lba(what: &str, s: &str) -> Result<u32> {
+    match driver::parse_size(s) {
+        Some(512) => Ok(512),
+        Some(4096) => Ok(4096),
+        _ => bail!("{what} {s:?}: must be 512 or 4096"),
+    }
+}
+
+impl Target {
+    /// Parses a spec.
+    pub fn parse(spec: &str) -> Result<Target> {
+        let (body, query) = match spec.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (spec, None),
+        };
+        let mut lba = None;
+        for kv in query.unwrap_or("").split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("lba", v)) => lba = Some(parse_lba(&format!("{spec}: lba"), v)?),
+                _ => bail!("{spec}: unknown option {kv:?} (known: lba=512 or lba=4096)"),
+            }
+        }
+        if let Some(size) = body.strip_prefix("mem:") {
+            let size = parse_size(&format!("{spec}: size"), size)?;
+            if size == 0 {
+                bail!("{spec}: the size must not be zero");
+            }
+            return Ok(Target::Mem {
+                size,
+                lba,
+                spec: spec.to_string(),
+            });
+        }
+        let path = body.strip_prefix("file:").unwrap_or(body);
+        if path.is_empty() {
+            bail!("{spec:?}: empty path");
+        }
+        if let Some((scheme, _)) = path.split_once(':') {
+            if !scheme.contains('/') && !Path::new(path).exists() {
+                bail!("{spec}: unknown scheme {scheme:?} (known: mem:SIZE, file:PATH, or a path)");
+            }
+        }
+        Ok(Target::Path {
+            path: PathBuf::from(path),
+            lba,
+        })
+    }
+
+    /// The LBA size given in the spec, if any.
+    pub fn lba(&self) -> Option<u32> {
+        match self {
+            Target::Mem { lba, .. } | Target::Path { lba, .. } => *lba,
+        }
+    }
+
+    /// Whether this is an in-memory device.
+    pub fn is_mem(&self) -> bool {
+        matches!(self, Target::Mem { .. })
+    }
+
+    /// For messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Mem { spec, .. } => spec.clone(),
+            Target::Path { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// What the path is now (regular file, block device, or nothing); mem: counts as a file.
+    pub fn path_kind(&self) -> Result<PathKind> {
+        let Target::Path { path, .. } = self else {
+            return Ok(PathKind::File);
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => Ok(PathKind::File),
+            Ok(m) if m.file_type().is_block_device() => Ok(PathKind::BlockDevice),
+            Ok(m) if m.is_dir() => bail!("{}: is a directory", path.display()),
+            Ok(_) => bail!("{}: not a regular file or block device", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PathKind::Missing),
+            Err(e) => Err(e).with_context(|| format!("{}: cannot stat", path.display())),
+        }
+    }
+
+    /// Opens the device, with `lba` as the LBA size when given (else the spec's, else the
+    /// default). A missing path is an error.
+    pub fn open_device(&self, lba: Option<u32>, read_only: bool) -> Result<Arc<dyn Device>> {
+        let lba = lba.or(self.lba());
+        match self {
+            Target::Mem { size, .. } => {
+                let spec = format!("mem:{size}?lba={}", lba.unwrap_or(DEFAULT_FILE_LBA));
+                driver::open_uri(&spec).with_context(|| self.describe())
+            }
+            Target::Path { path, .. } => {
+                if self.path_kind()? == PathKind::Missing {
+                    bail!("{}: no such file or device", path.display());
+                }
+                let p = path
+                    .to_str()
+                    .ok_or_else(|| anyhow!("{}: path is not valid UTF-8", path.display()))?;
+                let dev = UringDevice::open(
+                    p,
+                    &UringOptions {
+                        lba_size: lba,
+                        read_only,
+                    },
+                )
+                .map_err(|e| match e {
+                    // The driver's message already names the path.
+                    driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
+                    other => anyhow!(other),
+                })
+                .with_context(|| format!("{}: cannot open", path.display()))?;
+                Ok(Arc::new(dev))
+            }
+        }
+    }
+
+    /// Opens the device for an existing store. For a regular file without an LBA size in
+    /// the spec, the LBA size is the one the store was made with (read from its superblock).
+    pub fn open_store_device(&self, read_only: bool) -> Result<Arc<dyn Device>> {
+        match self {
+            Target::Mem { spec, .. } => bail!(
+                "{spec}: not a blobstore: a mem: device starts empty every time \
+                 (format it with `blobfs mkfs`, or try `blobfs demo {spec}`)"
+            ),
+            Target::Path { path, .. } => {
+                if let Ok(m) = std::fs::metadata(path) {
+                    if m.is_file() && m.len() < 2 * SB_SIZE as u64 {
+                        bail!(
+                            "{}: not a blobstore: the file is {} bytes, too small to hold one",
+                            path.display(),
+                            m.len()
+                        );
+                    }
+                }
+            }
+        }
+        let dev = self.open_device(None, read_only)?;
+        if self.lba().is_some() || self.path_kind()? != PathKind::File {
+            return Ok(dev);
+        }
+        let mut qp = dev
+            .open_qpair(4)
+            .with_context(|| format!("{}: cannot open a queue pair", self.describe()))?;
+        if let Ok(pair) = recovery::read_superblocks(qp.as_mut(), dev.as_ref()) {
+            let unit = pair.active.log_unit;
+            if unit != dev.geometry().lba_size && (unit == 512 || unit == 4096) {
+                drop(qp);
+                drop(dev);
+                return self.open_device(Some(unit), read_only);
+            }
+        }
+        Ok(dev)
+    }
+
+    /// Opens the store on this target.
+    pub fn open_store(&self, read_only: bool) -> Result<(Arc<dyn Device>, Blobstore)> {
+        let dev = self.open_store_device(read_only)?;
+        let store = open_store_on(self, &dev, read_only)?;
+        Ok((dev, store))
+    }
+}
+
+/// Opens the store on an already opened device.
+pub fn open_store_on(target: &Target, dev: &Arc<dyn Device>, read_only: bool) -> Result<Blobstore> {
+    Blobstore::open(
+        Arc::clone(dev),
+        OpenOptions {
+            read_only,
+            ..OpenOptions::default()
+        },
+    )
+    .with_context(|| format!("{}: cannot open the blobstore", target.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs() {
+        assert!(matches!(
+            Target::parse("mem:64M").unwrap(),
+            Target::Mem {
+                size: 67108864,
+                lba: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Target::parse("mem:1G?lba=512").unwrap(),
+            Target::Mem { lba: Some(512), .. }
+        ));
+        match Target::parse("file:/tmp/x.img").unwrap() {
+            Target::Path { path, lba } => {
+                assert_eq!(path, PathBuf::from("/tmp/x.img"));
+                assert_eq!(lba, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Target::parse("mem:abc").is_err());
+        assert!(Target::parse("mem:0").is_err());
+        assert!(Target::parse("x.img?lba=1000").is_err());
+        assert!(Target::parse("x.img?color=red").is_err());
+        assert!(Target::parse("nvme-foo:bar").is_err());
+        assert!(Target::parse("file:").is_err());
+        assert!(Target::parse("").is_err());
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(parse_size("--size", "1G").unwrap(), 1 << 30);
+        let e = parse_size("--size", "lots").unwrap_err().to_string();
+        assert!(e.contains("--size \"lots\""), "{e}");
+        assert_eq!(parse_lba("--lba-size", "512").unwrap(), 512);
+        assert_eq!(parse_lba("--lba-size", "4K").unwrap(), 4096);
+        assert!(parse_lba("--lba-size", "1024").is_err());
+    }
+}
