@@ -19,6 +19,8 @@ pub const FLAG_THIN: u64 = 1;
 pub const FLAG_READ_ONLY: u64 = 2;
 /// Flags this build knows.
 pub const KNOWN_FLAGS: u64 = FLAG_THIN | FLAG_READ_ONLY;
+/// Blob ids are below this (so the next-id counter never overflows).
+pub const MAX_BLOB_ID: u64 = 1 << 62;
 
 /// Metadata of one blob.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -167,8 +169,8 @@ impl Table {
     pub fn apply(&mut self, rec: &Record, fx: &mut Effects) -> Result<Undo> {
         match rec {
             Record::CreateBlob { id, flags } => {
-                if id.0 == 0 || id.0 == u64::MAX {
-                    return Err(Error::Invalid(format!("blob id {id} is reserved")));
+                if id.0 == 0 || id.0 >= MAX_BLOB_ID {
+                    return Err(Error::Invalid(format!("blob id {id} out of range")));
                 }
                 if self.blobs.contains_key(id) {
                     return Err(Error::Invalid(format!("blob {id} exists already")));

@@ -67,9 +67,12 @@ pub fn read_superblocks(qp: &mut dyn QueuePair, dev: &dyn Device) -> Result<Supe
         )));
     }
     let raw = read_bytes(qp, dev, 0, 2 * SB_SIZE)?;
+    // Choose by generation among copies whose CRC holds, before validating the fields, so
+    // that a newer copy this build cannot read (unknown incompat feature, newer version) is
+    // refused rather than silently losing to an older copy.
     let copies = [
-        Superblock::decode(&raw[..SB_SIZE]),
-        Superblock::decode(&raw[SB_SIZE..]),
+        Superblock::decode_unchecked(&raw[..SB_SIZE]),
+        Superblock::decode_unchecked(&raw[SB_SIZE..]),
     ];
     let pick = match (&copies[0], &copies[1]) {
         (Ok(a), Ok(b)) => {
@@ -101,6 +104,8 @@ pub fn read_superblocks(qp: &mut dyn QueuePair, dev: &dyn Device) -> Result<Supe
     let [c0, c1] = copies;
     let (active, other) = if pick == 0 { (c0, c1) } else { (c1, c0) };
     let active = active?;
+    active.validate()?;
+    let other = other.and_then(|o| o.validate().map(|()| o));
     Ok(SuperblockPair {
         active,
         slot: pick,
@@ -332,6 +337,9 @@ fn apply_group(
             ) if records.len() >= 2 => {
                 if blob_count != end {
                     return Err(corrupt("snapshot blob counts disagree"));
+                }
+                if *next_blob_id == 0 || *next_blob_id > crate::meta::MAX_BLOB_ID {
+                    return Err(corrupt(format!("snapshot's next blob id {next_blob_id}")));
                 }
                 table.next_blob_id = *next_blob_id;
                 &records[1..records.len() - 1]

@@ -707,7 +707,9 @@ pub struct MetadataLayout {
 /// grow to twice `checkpoint_bytes` before a checkpoint is forced, and a checkpoint needs
 /// room for a new snapshot while the old log still exists.
 fn reserve_for(checkpoint_bytes: u64, cluster_size: u64, snapshot_bytes: u64) -> u64 {
-    (2 * checkpoint_bytes).div_ceil(cluster_size) + 2 * snapshot_bytes.div_ceil(cluster_size / 2) + 2
+    (2 * checkpoint_bytes).div_ceil(cluster_size)
+        + 2 * snapshot_bytes.div_ceil(cluster_size / 2)
+        + 2
 }
 
 /// MapRun records for clusters placed at consecutive indices from `start`.
@@ -1061,8 +1063,11 @@ impl Inner {
                 }
             },
         };
-        let written = write_all(q.as_mut(), log_writes_to_ops(writes, dev, self.cluster_size))
-            .and_then(|()| flush(q.as_mut()));
+        let written = write_all(
+            q.as_mut(),
+            log_writes_to_ops(writes, dev, self.cluster_size),
+        )
+        .and_then(|()| flush(q.as_mut()));
         if let Err(e) = written {
             self.turn_read_only(e.to_string());
             cancel(&j.segments);
@@ -1108,8 +1113,11 @@ impl Inner {
                 for s in old.segments {
                     st.alloc.release(s);
                 }
-                st.reserve =
-                    reserve_for(self.checkpoint_bytes, self.cluster_size, c.journal.snapshot_bytes);
+                st.reserve = reserve_for(
+                    self.checkpoint_bytes,
+                    self.cluster_size,
+                    c.journal.snapshot_bytes,
+                );
             }
             Err(e) => {
                 self.turn_read_only(e.to_string());
@@ -1233,8 +1241,9 @@ impl Transaction<'_> {
         let id = {
             let mut st = self.store.inner.state.lock();
             let id = BlobId(st.table.next_blob_id);
-            // Reserve the id even if the transaction is dropped; ids are never reused.
-            st.table.next_blob_id += 1;
+            // Reserve the id even if the transaction is dropped; ids are never reused. At the
+            // (unreachable in practice) end of the id space the create fails at commit.
+            st.table.next_blob_id = (id.0 + 1).min(crate::meta::MAX_BLOB_ID);
             id
         };
         self.records.push(Record::CreateBlob {

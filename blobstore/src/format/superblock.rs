@@ -39,6 +39,10 @@ pub const COMPAT_KNOWN: u64 = 0;
 pub const RO_COMPAT_KNOWN: u64 = 0;
 pub const INCOMPAT_KNOWN: u64 = 0;
 
+/// Largest log start sequence accepted: a log can never hold more blocks than the device
+/// has LBAs, so sequence arithmetic from here on cannot overflow.
+pub const MAX_LOG_SEQ: u64 = 1 << 62;
+
 /// Smallest and largest cluster sizes accepted.
 pub const MIN_CLUSTER_SIZE: u32 = 16 * 1024;
 pub const MAX_CLUSTER_SIZE: u32 = 1 << 30;
@@ -87,9 +91,19 @@ impl Superblock {
         b
     }
 
-    /// Decodes one copy. `Err(NotABlobstore)` when the magic is absent (an empty slot or a
-    /// foreign device), `Err(Corruption)` when the magic is there but the rest is wrong.
+    /// Decodes and validates one copy. `Err(NotABlobstore)` when the magic is absent (an
+    /// empty slot or a foreign device), `Err(Unsupported)` for a format this build cannot
+    /// read, `Err(Corruption)` when the magic is there but the rest is wrong.
     pub fn decode(b: &[u8]) -> Result<Superblock> {
+        let sb = Superblock::decode_unchecked(b)?;
+        sb.validate()?;
+        Ok(sb)
+    }
+
+    /// Decodes one copy checking only magic, CRC and size, not the fields: lets the loader
+    /// see the generation of a copy it then refuses (a newer format must not lose to an
+    /// older copy).
+    pub fn decode_unchecked(b: &[u8]) -> Result<Superblock> {
         if b.len() < SB_SIZE {
             return Err(corrupt(format!(
                 "superblock: {} bytes, need {SB_SIZE}",
@@ -132,7 +146,6 @@ impl Superblock {
                 le32(b, 12)
             )));
         }
-        sb.validate()?;
         Ok(sb)
     }
 
@@ -168,6 +181,12 @@ impl Superblock {
             return Err(corrupt(format!(
                 "superblock: cluster count {}",
                 self.cluster_count
+            )));
+        }
+        if self.log_start_seq == 0 || self.log_start_seq > MAX_LOG_SEQ {
+            return Err(corrupt(format!(
+                "superblock: log start sequence {}",
+                self.log_start_seq
             )));
         }
         if self.log_start == 0 || self.log_start >= self.cluster_count {
