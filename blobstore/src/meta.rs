@@ -555,6 +555,56 @@ mod tests {
         assert_eq!(t.blobs[&id].meta.read().clusters.len(), 3);
     }
 
+    /// The checkpoint layout: a snapshot group's exact bytes for a small table.
+    #[test]
+    fn snapshot_golden_bytes() {
+        use crate::format::record::encode_all;
+        let mut t = Table::new(100);
+        let id = BlobId(7);
+        let mut fx = Effects::default();
+        for r in [
+            Record::CreateBlob {
+                id,
+                flags: FLAG_THIN,
+            },
+            Record::Resize { id, clusters: 3 },
+            Record::MapRun {
+                id,
+                index: 1,
+                first: ClusterIdx(20),
+                count: 2,
+            },
+            Record::SetXattr {
+                id,
+                ns: XattrNs::Internal,
+                name: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        ] {
+            t.apply(&r, &mut fx).unwrap();
+        }
+        let bytes = encode_all(&t.snapshot_records());
+        let mut e: Vec<u8> = Vec::new();
+        let mut put = |ty: u8, words: &[u64]| {
+            e.push(ty);
+            for w in words {
+                e.extend_from_slice(&w.to_le_bytes());
+            }
+        };
+        put(8, &[8, 1]); // SnapshotBegin: next id 8, one blob
+        put(1, &[7, FLAG_THIN]); // CreateBlob
+        put(3, &[7, 3]); // Resize to 3 clusters
+        put(4, &[7, 1, 20, 2]); // MapRun: indices 1..3 -> clusters 20..22
+        put(5, &[7]); // SetXattr, then ns, name len, value len, name, value
+        e.push(1);
+        e.extend_from_slice(&1u16.to_le_bytes());
+        e.extend_from_slice(&1u32.to_le_bytes());
+        e.extend_from_slice(b"kv");
+        e.push(9); // SnapshotEnd
+        e.extend_from_slice(&1u64.to_le_bytes());
+        assert_eq!(bytes, e);
+    }
+
     #[test]
     fn runs_and_snapshot_records() {
         let m = BlobMeta {
