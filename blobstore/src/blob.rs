@@ -163,6 +163,35 @@ impl Blob {
         self.entry.meta.read().ns(ns).keys().cloned().collect()
     }
 
+    /// Calls `f` with each (name, value) of namespace `ns` in name order, starting after
+    /// `after` (from the first when `None`), until `f` returns false. Holds the blob's
+    /// metadata read lock meanwhile: `f` must not call back into the store.
+    pub fn visit_xattrs_ns(
+        &self,
+        ns: XattrNs,
+        after: Option<&[u8]>,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        let m = self.entry.meta.read();
+        let map = m.ns(ns);
+        let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match after {
+            Some(a) => Box::new(
+                map.range::<[u8], _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            ),
+            None => Box::new(map.iter()),
+        };
+        for (k, v) in iter {
+            if !f(k, v) {
+                break;
+            }
+        }
+    }
+
+    /// Number of xattrs in namespace `ns`.
+    pub fn xattr_count_ns(&self, ns: XattrNs) -> usize {
+        self.entry.meta.read().ns(ns).len()
+    }
+
     /// Sets a user xattr.
     pub fn set_xattr(&self, name: &[u8], value: &[u8]) -> Result<()> {
         self.set_xattr_ns(XattrNs::User, name, value)

@@ -27,5 +27,6 @@ pub use format::record::XattrNs;
 pub use meta::{BlobMeta, FLAG_READ_ONLY, FLAG_THIN};
 pub use store::{
     BlobOptions, Blobstore, FormatOptions, MetadataLayout, OpenOptions, StoreInfo, Transaction,
+    Usage,
 };
 pub use units::{BlobId, ClusterIdx, PageIdx, PAGE_SIZE};

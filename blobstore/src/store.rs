@@ -528,6 +528,19 @@ impl Blobstore {
         }
     }
 
+    /// Space figures without waiting for a commit in progress (unlike `info`): total
+    /// clusters, free clusters, clusters kept for metadata, number of blobs.
+    pub fn usage(&self) -> Usage {
+        let st = self.inner.state.lock();
+        Usage {
+            cluster_size: self.inner.cluster_size,
+            clusters: st.alloc.count(),
+            free: st.alloc.free(),
+            reserved: st.reserve,
+            blobs: st.table.blobs.len() as u64,
+        }
+    }
+
     /// Whether changes are refused.
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only_flag.load(Ordering::SeqCst)
@@ -689,6 +702,16 @@ impl Blobstore {
             generation: c.sb.generation,
         }
     }
+}
+
+/// Space figures (see [`Blobstore::usage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub cluster_size: u64,
+    pub clusters: u64,
+    pub free: u64,
+    pub reserved: u64,
+    pub blobs: u64,
 }
 
 /// Where the metadata lives on the device.

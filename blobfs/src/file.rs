@@ -1,0 +1,342 @@
+//! File data: dirty pages (write-back), read-ahead, truncate, and the invariant that keeps
+//! a crash from exposing bytes that were never written.
+//!
+//! Invariant: on the device, every byte of a file's allocated clusters beyond its size is
+//! zero, except bytes written by the file itself after its last committed size (which a
+//! crash can leave). So whenever the size grows, the bytes between the old size and the
+//! new data are zeroed first; a page loaded from the device is cleared beyond the size.
+//! And the inode record (with the size) is only queued for commit after the data it covers
+//! was written back, so the commit's flush makes that data durable before the size.
+
+use crate::error::{Error, Result};
+use crate::fs::{Inner, Inode, InodeState, PAGE};
+use crate::inode::{Kind, Time};
+use driver::DmaBuf;
+use parking_lot::MutexGuard;
+use std::sync::atomic::Ordering;
+
+/// Pages written back in one device write at most.
+const RUN_PAGES: u64 = 256;
+
+impl Inner {
+    /// Blob clusters needed for `size` bytes.
+    fn clusters_for(&self, size: u64) -> u64 {
+        size.div_ceil(self.cluster_size)
+    }
+
+    /// Grows the blob so `end` bytes fit (thin: metadata only).
+    fn ensure_clusters(&self, inode: &Inode, end: u64) -> Result<()> {
+        let need = self.clusters_for(end);
+        if inode.blob.num_clusters() < need {
+            inode.blob.resize(need)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one page of the file from the device, cleared beyond `size`.
+    fn load_page(&self, inode: &Inode, idx: u64, size: u64) -> Result<Box<[u8]>> {
+        let start = idx * PAGE;
+        let mut page = vec![0u8; PAGE as usize].into_boxed_slice();
+        if start >= size || start >= inode.blob.size() {
+            return Ok(page);
+        }
+        let len = PAGE.min(inode.blob.size() - start);
+        let buf = self.with_channel(|ch| {
+            Ok(inode
+                .blob
+                .read_buf(ch, start, DmaBuf::zeroed(len as usize))?)
+        })?;
+        page[..len as usize].copy_from_slice(buf.as_slice());
+        let valid = (size - start).min(PAGE) as usize;
+        page[valid..].fill(0);
+        Ok(page)
+    }
+
+    /// The dirty page `idx`, loading it (read-modify-write) if needed.
+    fn page_mut<'a>(
+        &self,
+        inode: &Inode,
+        st: &'a mut InodeState,
+        idx: u64,
+        whole: bool,
+    ) -> Result<&'a mut [u8]> {
+        if !st.pages.contains_key(&idx) {
+            let page = if whole {
+                vec![0u8; PAGE as usize].into_boxed_slice()
+            } else {
+                self.load_page(inode, idx, st.attr.size)?
+            };
+            st.pages.insert(idx, page);
+            self.dirty_bytes.fetch_add(PAGE, Ordering::SeqCst);
+        }
+        st.pages
+            .get_mut(&idx)
+            .map(|p| &mut p[..])
+            .ok_or_else(|| Error::Invalid("page vanished".into()))
+    }
+
+    /// Zeroes the file's bytes in `[from, to)` (both beyond the current size), on the device
+    /// and in cached pages, so a growing size never exposes old bytes.
+    fn zero_gap(&self, inode: &Inode, st: &mut InodeState, from: u64, to: u64) -> Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        // The partial page at `from`: cleared in the cache (and written back later).
+        if !from.is_multiple_of(PAGE) {
+            let idx = from / PAGE;
+            let page = self.page_mut(inode, st, idx, false)?;
+            let a = (from % PAGE) as usize;
+            let b = ((to - idx * PAGE).min(PAGE)) as usize;
+            page[a..b].fill(0);
+        }
+        // Whole pages in between: zero them where the blob has clusters.
+        let first = from.div_ceil(PAGE) * PAGE;
+        let last = (to / PAGE * PAGE).min(inode.blob.size());
+        if first < last {
+            for idx in first / PAGE..last / PAGE {
+                if let Some(p) = st.pages.get_mut(&idx) {
+                    p.fill(0);
+                }
+            }
+            self.with_channel(|ch| Ok(inode.blob.write_zeroes(ch, first, last - first)?))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write(&self, inode: &Inode, offset: u64, data: &[u8]) -> Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= self.max_size)
+            .ok_or(Error::FileTooBig)?;
+        let mut st = inode.st.lock();
+        match st.attr.kind() {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid("write to a special file".into())),
+        }
+        if st.unlinked && inode.pins.load(Ordering::SeqCst) == 0 {
+            return Err(Error::NotFound);
+        }
+        st.ra = None;
+        let size = st.attr.size;
+        if offset > size {
+            self.zero_gap(inode, &mut st, size, offset)?;
+        }
+        self.ensure_clusters(inode, end)?;
+        let mut pos = offset;
+        let mut src = data;
+        while !src.is_empty() {
+            let idx = pos / PAGE;
+            let a = (pos % PAGE) as usize;
+            let n = (PAGE as usize - a).min(src.len());
+            let page = self.page_mut(inode, &mut st, idx, a == 0 && n == PAGE as usize)?;
+            page[a..a + n].copy_from_slice(&src[..n]);
+            pos += n as u64;
+            src = &src[n..];
+        }
+        let now = Time::now();
+        st.attr.size = st.attr.size.max(end);
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        st.attr_dirty = true;
+        let file_dirty = st.pages.len() as u64 * PAGE;
+        if file_dirty >= self.opts.file_dirty_limit
+            || self.dirty_bytes.load(Ordering::SeqCst) >= self.opts.dirty_limit
+        {
+            self.write_back(inode, &mut st)?;
+        }
+        Ok(data.len())
+    }
+
+    /// Writes the file's dirty pages to its blob (not committed: no flush, no record).
+    pub(crate) fn write_back(
+        &self,
+        inode: &Inode,
+        st: &mut MutexGuard<'_, InodeState>,
+    ) -> Result<()> {
+        if st.pages.is_empty() {
+            return Ok(());
+        }
+        let blob_size = inode.blob.size();
+        // Runs of consecutive pages, each one device write.
+        let mut runs: Vec<(u64, Vec<u64>)> = Vec::new();
+        for &idx in st.pages.keys() {
+            if idx * PAGE >= blob_size {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((start, pages))
+                    if *start + pages.len() as u64 == idx && (pages.len() as u64) < RUN_PAGES =>
+                {
+                    pages.push(idx)
+                }
+                _ => runs.push((idx, vec![idx])),
+            }
+        }
+        let pages = &st.pages;
+        let res = self.with_channel(|ch| {
+            let mut out = Vec::new();
+            let mut first_err = None;
+            for (tag, (start, idxs)) in runs.iter().enumerate() {
+                let off = start * PAGE;
+                let len = (idxs.len() as u64 * PAGE).min(blob_size - off);
+                let mut buf = DmaBuf::zeroed(len as usize);
+                for (i, idx) in idxs.iter().enumerate() {
+                    let a = i * PAGE as usize;
+                    let b = (a + PAGE as usize).min(len as usize);
+                    if let Some(p) = pages.get(idx) {
+                        buf.as_mut_slice()[a..b].copy_from_slice(&p[..b - a]);
+                    }
+                }
+                if let Err((e, _)) = ch.submit_write(&inode.blob, off, buf, tag as u64) {
+                    first_err.get_or_insert(Error::from(e));
+                    break;
+                }
+                while ch.in_flight() >= 32 {
+                    ch.wait(&mut out);
+                }
+            }
+            while ch.in_flight() > 0 {
+                ch.wait(&mut out);
+            }
+            for c in out {
+                if let Err(e) = c.result {
+                    first_err.get_or_insert(Error::from(e));
+                }
+            }
+            match first_err {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        });
+        res?;
+        let n = st.pages.len() as u64 * PAGE;
+        st.pages.clear();
+        // The read-ahead buffer may predate these pages.
+        st.ra = None;
+        let _ = self
+            .dirty_bytes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                Some(d.saturating_sub(n))
+            });
+        Ok(())
+    }
+
+    /// Truncates or extends the file to `size` (caller holds the inode's state).
+    pub(crate) fn truncate_locked(
+        &self,
+        inode: &Inode,
+        st: &mut InodeState,
+        size: u64,
+    ) -> Result<()> {
+        if size > self.max_size {
+            return Err(Error::FileTooBig);
+        }
+        let old = st.attr.size;
+        st.ra = None;
+        if size < old {
+            // Drop cached pages past the end; clear the tail of the last page.
+            let keep = size.div_ceil(PAGE);
+            let dropped: Vec<u64> = st.pages.range(keep..).map(|(k, _)| *k).collect();
+            for k in &dropped {
+                st.pages.remove(k);
+            }
+            let _ = self
+                .dirty_bytes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                    Some(d.saturating_sub(dropped.len() as u64 * PAGE))
+                });
+            if !size.is_multiple_of(PAGE) {
+                let idx = size / PAGE;
+                let page = self.page_mut(inode, st, idx, false)?;
+                page[(size % PAGE) as usize..].fill(0);
+            }
+            // Free whole clusters past the end, then zero the rest of the last cluster.
+            let clusters = self.clusters_for(size);
+            if inode.blob.num_clusters() > clusters {
+                inode.blob.resize(clusters)?;
+            }
+            let from = size.div_ceil(PAGE) * PAGE;
+            let to = inode.blob.size().min(old.div_ceil(PAGE) * PAGE);
+            if from < to {
+                self.with_channel(|ch| Ok(inode.blob.write_zeroes(ch, from, to - from)?))?;
+            }
+        } else if size > old {
+            self.zero_gap(inode, st, old, size)?;
+            self.ensure_clusters(inode, size)?;
+        }
+        st.attr.size = size;
+        let now = Time::now();
+        st.attr.mtime = now;
+        st.attr.ctime = now;
+        st.attr_dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn read(&self, inode: &Inode, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut st = inode.st.lock();
+        match st.attr.kind() {
+            Kind::File => {}
+            Kind::Dir => return Err(Error::IsDir),
+            _ => return Err(Error::Invalid("read of a special file".into())),
+        }
+        let size = st.attr.size;
+        if offset >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + len as u64).min(size);
+        let mut out = vec![0u8; (end - offset) as usize];
+        let covered = st
+            .ra
+            .as_ref()
+            .is_some_and(|(o, b)| *o <= offset && end <= *o + b.len() as u64);
+        if !covered {
+            // Sequential reads grow a read-ahead window; random ones read what they need.
+            let sequential = offset == st.ra_next && offset != 0;
+            st.ra_window = if sequential {
+                (st.ra_window * 2).clamp(128 * 1024, self.opts.readahead_max)
+            } else {
+                0
+            };
+            let unit = self.unit;
+            let start = offset / unit * unit;
+            let want = (end - start).max(st.ra_window);
+            let limit = size.div_ceil(unit) * unit;
+            let stop = (start + want).div_ceil(unit) * unit;
+            let stop = stop.min(limit).min(inode.blob.size()).max(start);
+            let mut data = vec![0u8; (stop - start) as usize];
+            if stop > start {
+                let buf = self.with_channel(|ch| {
+                    Ok(inode
+                        .blob
+                        .read_buf(ch, start, DmaBuf::zeroed((stop - start) as usize))?)
+                })?;
+                data.copy_from_slice(buf.as_slice());
+            }
+            // Never show bytes past the end of the file.
+            let valid = (size - start).min(data.len() as u64) as usize;
+            data[valid..].fill(0);
+            st.ra = Some((start, data));
+        }
+        if let Some((o, b)) = &st.ra {
+            let a = (offset - o) as usize;
+            let n = out.len().min(b.len().saturating_sub(a));
+            out[..n].copy_from_slice(&b[a..a + n]);
+        }
+        // Dirty pages are newer than the device.
+        let first = offset / PAGE;
+        let last = (end - 1) / PAGE;
+        for (idx, page) in st.pages.range(first..=last) {
+            let pstart = idx * PAGE;
+            let a = pstart.max(offset);
+            let b = (pstart + PAGE).min(end);
+            out[(a - offset) as usize..(b - offset) as usize]
+                .copy_from_slice(&page[(a - pstart) as usize..(b - pstart) as usize]);
+        }
+        st.ra_next = end;
+        Ok(out)
+    }
+}

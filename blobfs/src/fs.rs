@@ -1,0 +1,1269 @@
+//! The filesystem: inode cache, namespace operations as blobstore transactions, and the
+//! background syncer.
+//!
+//! Locking: `ns` serializes namespace changes (create, link, unlink, rename, setattr...);
+//! each inode's state has its own mutex (data path). Order: `ns`, then inode states (in no
+//! particular order between inodes: only `ns` holders take more than one), then the
+//! blobstore's locks.
+
+use crate::error::{Error, Result};
+use crate::inode::{
+    check_name, decode_entry, encode_entry, orphan_key, parse_orphan_key, Ino, InodeAttr, Kind,
+    Time, KEY_INODE, KEY_MARKER, KEY_SYMLINK, MARKER, ROOT_INO, SYMLINK_MAX, S_IFDIR, S_IFMT,
+};
+use blobstore::{Blob, BlobId, Blobstore, IoChannel, OpenOptions, XattrNs};
+use driver::Device;
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Size of a cached page.
+pub const PAGE: u64 = 4096;
+
+/// Options for opening a filesystem.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Refuse all changes.
+    pub read_only: bool,
+    /// Dirty file data held in memory, over all files, before writers write back.
+    pub dirty_limit: u64,
+    /// Dirty data of one file before its writer writes it back.
+    pub file_dirty_limit: u64,
+    /// Largest read-ahead window for sequential reads.
+    pub readahead_max: u64,
+    /// Write back and commit everything this often in the background (`None`: never; data
+    /// is then durable only on fsync, sync and unmount).
+    pub sync_interval: Option<Duration>,
+    /// Blobstore options (read_only is taken from above).
+    pub store: OpenOptions,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            read_only: false,
+            dirty_limit: 256 << 20,
+            file_dirty_limit: 16 << 20,
+            readahead_max: 1 << 20,
+            sync_interval: Some(Duration::from_secs(5)),
+            store: OpenOptions::default(),
+        }
+    }
+}
+
+/// Attributes as callers see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: Kind,
+    /// Permission bits (and suid/sgid/sticky), without the type.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub rdev: u32,
+    pub size: u64,
+    /// 512-byte blocks allocated.
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub blksize: u32,
+}
+
+/// Attribute changes for `setattr`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Time>,
+    pub mtime: Option<Time>,
+    pub ctime: Option<Time>,
+}
+
+/// Filesystem figures for `statfs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub bsize: u32,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namelen: u32,
+}
+
+/// A directory entry from `readdir`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RenameFlags {
+    /// Fail with `Exists` if the target exists.
+    pub noreplace: bool,
+    /// Swap source and target (both must exist).
+    pub exchange: bool,
+}
+
+pub(crate) struct InodeState {
+    pub attr: InodeAttr,
+    /// The attributes differ from the stored inode record (files only; directories and
+    /// symlinks are written through).
+    pub attr_dirty: bool,
+    /// Dirty pages of file data, by page index.
+    pub pages: BTreeMap<u64, Box<[u8]>>,
+    /// Read-ahead buffer: (file offset, bytes).
+    pub ra: Option<(u64, Vec<u8>)>,
+    pub ra_next: u64,
+    pub ra_window: u64,
+    /// nlink reached 0 while open: an orphan, deleted on last release.
+    pub unlinked: bool,
+}
+
+/// A cached inode: its blob held open, its state behind a mutex.
+pub(crate) struct Inode {
+    pub ino: Ino,
+    pub blob: Blob,
+    pub st: Mutex<InodeState>,
+    /// Open handles.
+    pub pins: AtomicU32,
+}
+
+pub(crate) struct Inner {
+    pub store: Blobstore,
+    pub opts: FsOptions,
+    pub inodes: Mutex<HashMap<Ino, Arc<Inode>>>,
+    pub ns: Mutex<()>,
+    pub channels: Mutex<Vec<IoChannel>>,
+    pub dirty_bytes: AtomicU64,
+    /// Orphans whose deletion found the blob in use.
+    pub retry_orphans: Mutex<Vec<Ino>>,
+    pub cluster_size: u64,
+    pub unit: u64,
+    pub read_only: bool,
+    /// Largest file size: the device's clusters (thin blobs cannot be larger).
+    pub max_size: u64,
+}
+
+struct Syncer {
+    stop: Mutex<bool>,
+    cv: Condvar,
+}
+
+struct Life {
+    syncer: Arc<Syncer>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        *self.syncer.stop.lock() = true;
+        self.syncer.cv.notify_all();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A mounted (opened) BlobFS. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct FileSystem {
+    pub(crate) inner: Arc<Inner>,
+    _life: Arc<Life>,
+}
+
+impl fmt::Debug for FileSystem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileSystem")
+            .field("store", &self.inner.store)
+            .finish()
+    }
+}
+
+fn bid(ino: Ino) -> BlobId {
+    BlobId(ino)
+}
+
+impl FileSystem {
+    /// Makes a new, empty filesystem on `dev` (formats the blobstore, creates the root).
+    pub fn format(dev: Arc<dyn Device>, opts: &blobstore::FormatOptions) -> Result<()> {
+        let store = Blobstore::create(
+            dev,
+            opts,
+            OpenOptions {
+                background_checkpoint: false,
+                ..OpenOptions::default()
+            },
+        )?;
+        let mut t = store.transaction();
+        let root = t.create_blob(0);
+        if root.0 != ROOT_INO {
+            return Err(Error::Invalid(format!("fresh store gave root id {root}")));
+        }
+        let mut attr = InodeAttr::new(S_IFDIR | 0o755, 0, 0);
+        attr.nlink = 2;
+        attr.parent = ROOT_INO;
+        t.set_xattr(root, XattrNs::Internal, KEY_INODE, &attr.encode());
+        t.set_xattr(root, XattrNs::Internal, KEY_MARKER, MARKER);
+        t.commit()?;
+        store.close()?;
+        Ok(())
+    }
+
+    /// Opens the filesystem on `dev`; deletes orphans left by a crash (unless read-only).
+    pub fn open(dev: Arc<dyn Device>, opts: FsOptions) -> Result<FileSystem> {
+        let mut sopts = opts.store.clone();
+        sopts.read_only = opts.read_only;
+        let store = match Blobstore::open(dev, sopts) {
+            Err(blobstore::Error::NotABlobstore(m)) => return Err(Error::NotBlobfs(m)),
+            r => r?,
+        };
+        let root = store
+            .open_blob(bid(ROOT_INO))
+            .map_err(|_| Error::NotBlobfs("the blobstore has no root directory".into()))?;
+        if root.get_xattr_ns(XattrNs::Internal, KEY_MARKER).as_deref() != Some(MARKER) {
+            return Err(Error::NotBlobfs(
+                "blob 1 is not a BlobFS root directory (a plain blobstore?)".into(),
+            ));
+        }
+        drop(root);
+        let usage = store.usage();
+        let inner = Arc::new(Inner {
+            cluster_size: store.cluster_size(),
+            unit: store.io_unit(),
+            read_only: opts.read_only,
+            max_size: usage.clusters.saturating_mul(usage.cluster_size),
+            store,
+            inodes: Mutex::new(HashMap::new()),
+            ns: Mutex::new(()),
+            channels: Mutex::new(Vec::new()),
+            dirty_bytes: AtomicU64::new(0),
+            retry_orphans: Mutex::new(Vec::new()),
+            opts: opts.clone(),
+        });
+        let fs = FileSystem {
+            _life: Arc::new(Life {
+                syncer: Arc::new(Syncer {
+                    stop: Mutex::new(false),
+                    cv: Condvar::new(),
+                }),
+                thread: Mutex::new(None),
+            }),
+            inner,
+        };
+        if !opts.read_only {
+            fs.delete_orphans()?;
+            if let Some(every) = opts.sync_interval {
+                let weak = Arc::downgrade(&fs.inner);
+                let syncer = Arc::clone(&fs._life.syncer);
+                let t = std::thread::Builder::new()
+                    .name("blobfs-sync".into())
+                    .spawn(move || sync_loop(weak, syncer, every))
+                    .map_err(|e| Error::Invalid(format!("cannot start the syncer: {e}")))?;
+                *fs._life.thread.lock() = Some(t);
+            }
+        }
+        Ok(fs)
+    }
+
+    /// The blobstore underneath.
+    pub fn store(&self) -> &Blobstore {
+        &self.inner.store
+    }
+
+    /// Whether changes are refused.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only || self.inner.store.is_read_only()
+    }
+
+    fn delete_orphans(&self) -> Result<()> {
+        let root = self.inner.get(ROOT_INO)?;
+        let mut orphans = Vec::new();
+        root.blob.visit_xattrs_ns(
+            XattrNs::Internal,
+            Some(b"\0o"),
+            |k, _| match parse_orphan_key(k) {
+                Some(ino) => {
+                    orphans.push(ino);
+                    true
+                }
+                None => !k.starts_with(b"\0o"),
+            },
+        );
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for ino in orphans {
+            self.inner.inodes.lock().remove(&ino);
+            let mut t = self.inner.store.transaction();
+            if self.inner.store.blob_meta(bid(ino)).is_ok() {
+                t.delete_blob(bid(ino));
+            }
+            t.remove_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino));
+            t.commit()?;
+        }
+        self.inner.store.sync()?;
+        Ok(())
+    }
+
+    /// Writes back everything, commits, checkpoints and stops the syncer. Other clones of
+    /// the handle stay usable.
+    pub fn close(self) -> Result<()> {
+        if !self.is_read_only() {
+            self.sync_all()?;
+        }
+        let store = self.inner.store.clone();
+        drop(self);
+        store.close()?;
+        Ok(())
+    }
+
+    /// Writes back all dirty data and attributes, then commits (like `sync(2)`).
+    pub fn sync_all(&self) -> Result<()> {
+        self.inner.sync_all()
+    }
+
+    // ---- attributes and lookup ----
+
+    /// Looks a name up in a directory.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let ino = self.inner.lookup_ino(parent, name)?.0;
+        self.getattr(ino)
+    }
+
+    /// Attributes of an inode.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let inode = self.inner.get(ino)?;
+        let st = inode.st.lock();
+        Ok(self.inner.attr_of(&inode, &st.attr))
+    }
+
+    /// Changes attributes; a size change truncates or extends the file.
+    pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.inner.writable()?;
+        let _ns = self.inner.ns.lock();
+        let inode = self.inner.get(ino)?;
+        let mut st = inode.st.lock();
+        let kind = st.attr.kind();
+        if let Some(size) = set.size {
+            match kind {
+                Kind::File => self.inner.truncate_locked(&inode, &mut st, size)?,
+                Kind::Dir => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid("size of a special file".into())),
+            }
+        }
+        let mut a = st.attr;
+        let now = Time::now();
+        if let Some(m) = set.mode {
+            a.mode = (a.mode & S_IFMT) | (m & !S_IFMT);
+        }
+        if let Some(u) = set.uid {
+            a.uid = u;
+        }
+        if let Some(g) = set.gid {
+            a.gid = g;
+        }
+        if let Some(t) = set.atime {
+            a.atime = t;
+        }
+        if let Some(t) = set.mtime {
+            a.mtime = t;
+        }
+        a.ctime = set.ctime.unwrap_or(now);
+        st.attr = a;
+        if kind == Kind::File {
+            st.attr_dirty = true;
+        } else {
+            inode
+                .blob
+                .set_xattr_ns(XattrNs::Internal, KEY_INODE, &a.encode())?;
+        }
+        Ok(self.inner.attr_of(&inode, &st.attr))
+    }
+
+    /// Reads a symlink's target.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inner.get(ino)?;
+        if inode.st.lock().attr.kind() != Kind::Symlink {
+            return Err(Error::Invalid("not a symlink".into()));
+        }
+        inode
+            .blob
+            .get_xattr_ns(XattrNs::Internal, KEY_SYMLINK)
+            .ok_or_else(|| Error::Corruption(format!("symlink {ino} has no target")))
+    }
+
+    /// Lists a directory (without `.` and `..`), in name order.
+    pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let inode = self.inner.get(ino)?;
+        if inode.st.lock().attr.kind() != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        let mut out = Vec::with_capacity(inode.blob.xattr_count_ns(XattrNs::Internal));
+        let mut bad = None;
+        inode.blob.visit_xattrs_ns(XattrNs::Internal, None, |k, v| {
+            if k.first() == Some(&0) {
+                return true;
+            }
+            match decode_entry(v) {
+                Ok((ino, kind)) => out.push(DirEntry {
+                    name: k.to_vec(),
+                    ino,
+                    kind,
+                }),
+                Err(e) => bad = Some(e),
+            }
+            true
+        });
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// The parent of a directory (the root is its own parent).
+    pub fn parent_of(&self, dir: Ino) -> Result<Ino> {
+        let inode = self.inner.get(dir)?;
+        let st = inode.st.lock();
+        if st.attr.kind() != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(st.attr.parent)
+    }
+
+    /// Filesystem figures.
+    pub fn statfs(&self) -> StatFs {
+        let u = self.inner.store.usage();
+        let per = u.cluster_size / PAGE;
+        let avail = u.free.saturating_sub(u.reserved);
+        StatFs {
+            bsize: PAGE as u32,
+            blocks: u.clusters * per,
+            bfree: u.free * per,
+            bavail: avail * per,
+            files: u.blobs + avail,
+            ffree: avail,
+            namelen: crate::inode::NAME_MAX as u32,
+        }
+    }
+
+    // ---- namespace changes ----
+
+    /// Creates a regular file, device node, fifo or socket (per `mode`'s type bits).
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    ) -> Result<Attr> {
+        let kind = Kind::from_mode(mode).unwrap_or(Kind::File);
+        if matches!(kind, Kind::Dir | Kind::Symlink) {
+            return Err(Error::Invalid("mknod of a directory or symlink".into()));
+        }
+        let mut attr = InodeAttr::new(kind.mode_bits() | (mode & !S_IFMT), uid, gid);
+        attr.rdev = rdev;
+        self.inner.create_inode(parent, name, attr, None)
+    }
+
+    /// Creates a regular file.
+    pub fn create(&self, parent: Ino, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        let attr = InodeAttr::new(crate::inode::S_IFREG | (mode & !S_IFMT), uid, gid);
+        self.inner.create_inode(parent, name, attr, None)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<Attr> {
+        let mut attr = InodeAttr::new(S_IFDIR | (mode & !S_IFMT), uid, gid);
+        attr.nlink = 2;
+        attr.parent = parent;
+        self.inner.create_inode(parent, name, attr, None)
+    }
+
+    /// Creates a symlink to `target`.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+    ) -> Result<Attr> {
+        if target.is_empty() || target.len() > SYMLINK_MAX {
+            return Err(Error::NameTooLong);
+        }
+        let mut attr = InodeAttr::new(crate::inode::S_IFLNK | 0o777, uid, gid);
+        attr.size = target.len() as u64;
+        self.inner.create_inode(parent, name, attr, Some(target))
+    }
+
+    /// Adds a hard link `newparent/newname` to `ino` (not a directory).
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Attr> {
+        self.inner.writable()?;
+        check_name(newname)?;
+        let _ns = self.inner.ns.lock();
+        let inode = self.inner.get(ino)?;
+        let dir = self.inner.get_dir(newparent)?;
+        if self.inner.entry(&dir, newname)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let mut st = inode.st.lock();
+        if st.attr.kind() == Kind::Dir {
+            return Err(Error::NotPermitted("hard link to a directory".into()));
+        }
+        if st.unlinked || st.attr.nlink == 0 {
+            return Err(Error::NotFound);
+        }
+        self.inner.write_back(&inode, &mut st)?;
+        let now = Time::now();
+        let mut a = st.attr;
+        a.nlink += 1;
+        a.ctime = now;
+        let mut dst = st_copy(&dir);
+        dst.mtime = now;
+        dst.ctime = now;
+        let mut t = self.inner.store.transaction();
+        t.set_xattr(
+            bid(newparent),
+            XattrNs::Internal,
+            newname,
+            &encode_entry(ino, a.kind()),
+        );
+        t.set_xattr(bid(newparent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.commit()?;
+        st.attr = a;
+        st.attr_dirty = false;
+        if !Arc::ptr_eq(&dir, &inode) {
+            dir.st.lock().attr = dst;
+        }
+        Ok(self.inner.attr_of(&inode, &st.attr))
+    }
+
+    /// Removes a name of a non-directory; the inode goes when its last name and last open
+    /// handle are gone.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.inner.writable()?;
+        let _ns = self.inner.ns.lock();
+        let dir = self.inner.get_dir(parent)?;
+        let (ino, kind) = self.inner.entry(&dir, name)?.ok_or(Error::NotFound)?;
+        if kind == Kind::Dir {
+            return Err(Error::IsDir);
+        }
+        let now = Time::now();
+        let mut dst = st_copy(&dir);
+        dst.mtime = now;
+        dst.ctime = now;
+        let mut t = self.inner.store.transaction();
+        t.remove_xattr(bid(parent), XattrNs::Internal, name);
+        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        let fate = self.inner.drop_link(&mut t, ino, now)?;
+        t.commit()?;
+        dir.st.lock().attr = dst;
+        self.inner.after_drop_link(fate);
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.inner.writable()?;
+        let _ns = self.inner.ns.lock();
+        let dir = self.inner.get_dir(parent)?;
+        let (ino, kind) = self.inner.entry(&dir, name)?.ok_or(Error::NotFound)?;
+        if kind != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        let victim = self.inner.get_dir(ino)?;
+        if self.inner.has_entries(&victim) {
+            return Err(Error::NotEmpty);
+        }
+        drop(victim);
+        let now = Time::now();
+        let mut dst = st_copy(&dir);
+        dst.mtime = now;
+        dst.ctime = now;
+        dst.nlink = dst.nlink.saturating_sub(1).max(2);
+        let mut t = self.inner.store.transaction();
+        t.remove_xattr(bid(parent), XattrNs::Internal, name);
+        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        let fate = self.inner.drop_dir(&mut t, ino, now)?;
+        t.commit()?;
+        dir.st.lock().attr = dst;
+        self.inner.after_drop_link(fate);
+        Ok(())
+    }
+
+    /// Renames `parent/name` to `newparent/newname`, atomically replacing the target.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.inner.writable()?;
+        check_name(newname)?;
+        let _ns = self.inner.ns.lock();
+        let src_dir = self.inner.get_dir(parent)?;
+        let dst_dir = self.inner.get_dir(newparent)?;
+        let (ino, kind) = self.inner.entry(&src_dir, name)?.ok_or(Error::NotFound)?;
+        let target = self.inner.entry(&dst_dir, newname)?;
+        if parent == newparent && name == newname {
+            return if flags.noreplace {
+                Err(Error::Exists)
+            } else {
+                Ok(())
+            };
+        }
+        if flags.noreplace && target.is_some() {
+            return Err(Error::Exists);
+        }
+        if flags.exchange && target.is_none() {
+            return Err(Error::NotFound);
+        }
+        if !flags.exchange && target.is_some_and(|(tino, _)| tino == ino) {
+            // Two names of the same file: POSIX says do nothing.
+            return Ok(());
+        }
+        // A directory may not move into its own subtree.
+        if kind == Kind::Dir && parent != newparent && self.inner.is_ancestor(ino, newparent)? {
+            return Err(Error::Invalid("cannot move a directory into itself".into()));
+        }
+        if let (true, Some((tino, Kind::Dir))) = (flags.exchange, target) {
+            if parent != newparent && self.inner.is_ancestor(tino, parent)? {
+                return Err(Error::Invalid("cannot move a directory into itself".into()));
+            }
+        }
+        let now = Time::now();
+        let same_dir = parent == newparent;
+        // Link-count changes of the two directories (".." of moved subdirectories).
+        let (mut src_delta, mut dst_delta) = (0i64, 0i64);
+        let mut t = self.inner.store.transaction();
+        let mut moved: Vec<(Ino, Kind, Ino)> = vec![(ino, kind, newparent)];
+        let mut fate = None;
+        if flags.exchange {
+            let (tino, tkind) = target.ok_or(Error::NotFound)?;
+            t.set_xattr(
+                bid(parent),
+                XattrNs::Internal,
+                name,
+                &encode_entry(tino, tkind),
+            );
+            t.set_xattr(
+                bid(newparent),
+                XattrNs::Internal,
+                newname,
+                &encode_entry(ino, kind),
+            );
+            moved.push((tino, tkind, parent));
+        } else {
+            if let Some((tino, tkind)) = target {
+                match (kind == Kind::Dir, tkind == Kind::Dir) {
+                    (true, false) => return Err(Error::NotDir),
+                    (false, true) => return Err(Error::IsDir),
+                    (true, true) => {
+                        let victim = self.inner.get_dir(tino)?;
+                        if self.inner.has_entries(&victim) {
+                            return Err(Error::NotEmpty);
+                        }
+                        drop(victim);
+                        fate = Some(self.inner.drop_dir(&mut t, tino, now)?);
+                        // Its ".." no longer counts towards the destination.
+                        dst_delta -= 1;
+                    }
+                    (false, false) => {
+                        fate = Some(self.inner.drop_link(&mut t, tino, now)?);
+                    }
+                }
+            }
+            t.remove_xattr(bid(parent), XattrNs::Internal, name);
+            t.set_xattr(
+                bid(newparent),
+                XattrNs::Internal,
+                newname,
+                &encode_entry(ino, kind),
+            );
+        }
+        // The moved inodes: ctime; directories changing parent also their parent field.
+        let mut updates: Vec<(Arc<Inode>, InodeAttr)> = Vec::new();
+        for (mino, mkind, to) in moved {
+            let inode = self.inner.get(mino)?;
+            let mut st = inode.st.lock();
+            self.inner.write_back(&inode, &mut st)?;
+            let mut a = st.attr;
+            a.ctime = now;
+            if mkind == Kind::Dir && !same_dir {
+                a.parent = to;
+                if to == newparent {
+                    src_delta -= 1;
+                    dst_delta += 1;
+                } else {
+                    dst_delta -= 1;
+                    src_delta += 1;
+                }
+            }
+            t.set_xattr(bid(mino), XattrNs::Internal, KEY_INODE, &a.encode());
+            drop(st);
+            updates.push((inode, a));
+        }
+        let adjust = |a: &mut InodeAttr, d: i64| {
+            a.nlink = (i64::from(a.nlink) + d).clamp(2, i64::from(u32::MAX)) as u32;
+            a.mtime = now;
+            a.ctime = now;
+        };
+        let mut src_a = st_copy(&src_dir);
+        let mut dst_a = st_copy(&dst_dir);
+        if same_dir {
+            adjust(&mut src_a, src_delta + dst_delta);
+            t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &src_a.encode());
+        } else {
+            adjust(&mut src_a, src_delta);
+            adjust(&mut dst_a, dst_delta);
+            t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &src_a.encode());
+            t.set_xattr(
+                bid(newparent),
+                XattrNs::Internal,
+                KEY_INODE,
+                &dst_a.encode(),
+            );
+        }
+        t.commit()?;
+        src_dir.st.lock().attr = src_a;
+        if !same_dir {
+            dst_dir.st.lock().attr = dst_a;
+        }
+        for (inode, a) in updates {
+            let mut st = inode.st.lock();
+            st.attr = a;
+            st.attr_dirty = false;
+        }
+        if let Some(f) = fate {
+            self.inner.after_drop_link(f);
+        }
+        Ok(())
+    }
+
+    // ---- open files ----
+
+    /// Opens an inode for I/O; pair with `release_file`.
+    pub fn open_file(&self, ino: Ino) -> Result<()> {
+        let inode = self.inner.get(ino)?;
+        inode.pins.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Closes an open handle: writes back the file's data; the last close of an unlinked
+    /// file deletes it.
+    pub fn release_file(&self, ino: Ino) -> Result<()> {
+        let Some(inode) = self.inner.inodes.lock().get(&ino).cloned() else {
+            return Ok(());
+        };
+        let prev = inode.pins.fetch_sub(1, Ordering::SeqCst);
+        if prev > 1 {
+            return Ok(());
+        }
+        let unlinked = {
+            let mut st = inode.st.lock();
+            if st.unlinked {
+                st.pages.clear();
+                true
+            } else {
+                if !self.is_read_only() {
+                    self.inner.write_back(&inode, &mut st)?;
+                }
+                false
+            }
+        };
+        if unlinked {
+            drop(inode);
+            self.inner.delete_orphan(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset` (short at end of file).
+    pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let inode = self.inner.get(ino)?;
+        self.inner.read(&inode, offset, len)
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written.
+    pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.inner.writable()?;
+        let inode = self.inner.get(ino)?;
+        self.inner.write(&inode, offset, data)
+    }
+
+    /// Makes the file's data and attributes durable (also its name if `ino` is a directory
+    /// entry created before: namespace changes are committed by the same store sync).
+    pub fn fsync(&self, ino: Ino) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let inode = self.inner.get(ino)?;
+        {
+            let mut st = inode.st.lock();
+            self.inner.persist_locked(&inode, &mut st)?;
+        }
+        self.inner.store.sync()?;
+        Ok(())
+    }
+
+    /// Writes back the file's dirty data without committing (close(2)-time flush).
+    pub fn flush(&self, ino: Ino) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let inode = self.inner.get(ino)?;
+        let mut st = inode.st.lock();
+        self.inner.write_back(&inode, &mut st)
+    }
+
+    // ---- xattrs ----
+
+    pub fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        create_only: bool,
+        replace_only: bool,
+    ) -> Result<()> {
+        self.inner.writable()?;
+        if name.is_empty() || name.len() > blobstore::format::record::MAX_XATTR_NAME {
+            return Err(Error::Invalid("xattr name length".into()));
+        }
+        if value.len() > blobstore::format::record::MAX_XATTR_VALUE {
+            return Err(Error::TooBig);
+        }
+        let _ns = self.inner.ns.lock();
+        let inode = self.inner.get(ino)?;
+        let exists = inode.blob.get_xattr(name).is_some();
+        if create_only && exists {
+            return Err(Error::Exists);
+        }
+        if replace_only && !exists {
+            return Err(Error::NoAttr);
+        }
+        inode.blob.set_xattr(name, value)?;
+        self.inner.touch_ctime(&inode)?;
+        Ok(())
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        let inode = self.inner.get(ino)?;
+        inode.blob.get_xattr(name).ok_or(Error::NoAttr)
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let inode = self.inner.get(ino)?;
+        Ok(inode.blob.xattr_names())
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        self.inner.writable()?;
+        let _ns = self.inner.ns.lock();
+        let inode = self.inner.get(ino)?;
+        match inode.blob.remove_xattr(name) {
+            Err(blobstore::Error::NoXattr(_)) => return Err(Error::NoAttr),
+            r => r?,
+        }
+        self.inner.touch_ctime(&inode)?;
+        Ok(())
+    }
+
+    /// Drops a cached inode that no handle uses (after the kernel forgets it).
+    pub fn forget(&self, ino: Ino) {
+        let mut map = self.inner.inodes.lock();
+        if let Some(i) = map.get(&ino) {
+            if ino != ROOT_INO && i.pins.load(Ordering::SeqCst) == 0 {
+                let st = i.st.lock();
+                if st.pages.is_empty() && !st.attr_dirty && !st.unlinked {
+                    drop(st);
+                    map.remove(&ino);
+                }
+            }
+        }
+    }
+}
+
+fn st_copy(inode: &Inode) -> InodeAttr {
+    inode.st.lock().attr
+}
+
+/// What became of an inode whose link was dropped.
+pub(crate) enum LinkFate {
+    /// Still has names.
+    Done,
+    /// The last name is gone: an orphan record was added, with these attributes.
+    Orphaned(Arc<Inode>, InodeAttr),
+}
+
+impl Inner {
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("mounted read-only".into()));
+        }
+        if self.store.is_read_only() {
+            return Err(Error::ReadOnly(
+                "the store turned read-only after a failed metadata write".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cached inode, loading it if needed.
+    pub(crate) fn get(&self, ino: Ino) -> Result<Arc<Inode>> {
+        if let Some(i) = self.inodes.lock().get(&ino) {
+            return Ok(Arc::clone(i));
+        }
+        let blob = match self.store.open_blob(bid(ino)) {
+            Ok(b) => b,
+            Err(blobstore::Error::NotFound(_)) => return Err(Error::NotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let raw = blob
+            .get_xattr_ns(XattrNs::Internal, KEY_INODE)
+            .ok_or_else(|| Error::Corruption(format!("blob {ino} has no inode record")))?;
+        let attr = InodeAttr::decode(&raw)?;
+        let inode = Arc::new(Inode {
+            ino,
+            blob,
+            st: Mutex::new(InodeState {
+                attr,
+                attr_dirty: false,
+                pages: BTreeMap::new(),
+                ra: None,
+                ra_next: 0,
+                ra_window: 0,
+                unlinked: false,
+            }),
+            pins: AtomicU32::new(0),
+        });
+        let mut map = self.inodes.lock();
+        Ok(Arc::clone(map.entry(ino).or_insert(inode)))
+    }
+
+    pub(crate) fn get_dir(&self, ino: Ino) -> Result<Arc<Inode>> {
+        let i = self.get(ino)?;
+        if i.st.lock().attr.kind() != Kind::Dir {
+            return Err(Error::NotDir);
+        }
+        Ok(i)
+    }
+
+    /// A directory entry by name.
+    pub(crate) fn entry(&self, dir: &Inode, name: &[u8]) -> Result<Option<(Ino, Kind)>> {
+        check_name(name)?;
+        match dir.blob.get_xattr_ns(XattrNs::Internal, name) {
+            Some(v) => Ok(Some(decode_entry(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) fn lookup_ino(&self, parent: Ino, name: &[u8]) -> Result<(Ino, Kind)> {
+        let dir = self.get_dir(parent)?;
+        if name == b"." {
+            return Ok((parent, Kind::Dir));
+        }
+        if name == b".." {
+            return Ok((dir.st.lock().attr.parent, Kind::Dir));
+        }
+        self.entry(&dir, name)?.ok_or(Error::NotFound)
+    }
+
+    pub(crate) fn has_entries(&self, dir: &Inode) -> bool {
+        let mut any = false;
+        dir.blob.visit_xattrs_ns(XattrNs::Internal, None, |k, _| {
+            if k.first() != Some(&0) {
+                any = true;
+                return false;
+            }
+            true
+        });
+        any
+    }
+
+    /// Whether `anc` is `ino` or one of its ancestors.
+    pub(crate) fn is_ancestor(&self, anc: Ino, mut ino: Ino) -> Result<bool> {
+        for _ in 0..100_000 {
+            if ino == anc {
+                return Ok(true);
+            }
+            if ino == ROOT_INO {
+                return Ok(false);
+            }
+            let p = self.get(ino)?.st.lock().attr.parent;
+            if p == ino || p == 0 {
+                return Ok(false);
+            }
+            ino = p;
+        }
+        Err(Error::Corruption(
+            "directory parent chain too long (cycle?)".into(),
+        ))
+    }
+
+    pub(crate) fn attr_of(&self, inode: &Inode, a: &InodeAttr) -> Attr {
+        let allocated = inode.blob.allocated_clusters() * self.cluster_size;
+        Attr {
+            ino: inode.ino,
+            kind: a.kind(),
+            perm: a.mode & !S_IFMT,
+            uid: a.uid,
+            gid: a.gid,
+            nlink: a.nlink,
+            rdev: a.rdev,
+            size: a.size,
+            blocks: allocated / 512,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+            crtime: a.crtime,
+            blksize: PAGE as u32,
+        }
+    }
+
+    fn create_inode(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mut attr: InodeAttr,
+        link: Option<&[u8]>,
+    ) -> Result<Attr> {
+        self.writable()?;
+        check_name(name)?;
+        let _ns = self.ns.lock();
+        let dir = self.get_dir(parent)?;
+        if self.entry(&dir, name)?.is_some() {
+            return Err(Error::Exists);
+        }
+        let kind = attr.kind();
+        let now = Time::now();
+        let mut dst = st_copy(&dir);
+        dst.mtime = now;
+        dst.ctime = now;
+        if kind == Kind::Dir {
+            dst.nlink += 1;
+            attr.parent = parent;
+        }
+        let mut t = self.store.transaction();
+        let id = t.create_blob(0);
+        t.set_xattr(id, XattrNs::Internal, KEY_INODE, &attr.encode());
+        if let Some(target) = link {
+            t.set_xattr(id, XattrNs::Internal, KEY_SYMLINK, target);
+        }
+        t.set_xattr(
+            bid(parent),
+            XattrNs::Internal,
+            name,
+            &encode_entry(id.0, kind),
+        );
+        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        t.commit()?;
+        dir.st.lock().attr = dst;
+        let inode = self.get(id.0)?;
+        let st = inode.st.lock();
+        Ok(self.attr_of(&inode, &st.attr))
+    }
+
+    /// Adds to `t` what dropping one name of `ino` does: nlink-1, or, at the last name, an
+    /// orphan record (deleted after the commit, or at the last close if the file is open).
+    /// Deleting through an orphan record keeps a crash from leaking the blob, and lets the
+    /// deletion wait for the last handle without failing the unlink.
+    fn drop_link(
+        &self,
+        t: &mut blobstore::Transaction<'_>,
+        ino: Ino,
+        now: Time,
+    ) -> Result<LinkFate> {
+        let inode = self.get(ino)?;
+        let mut st = inode.st.lock();
+        let mut a = st.attr;
+        a.nlink = a.nlink.saturating_sub(1);
+        a.ctime = now;
+        if a.nlink > 0 {
+            self.write_back(&inode, &mut st)?;
+            t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+            st.attr = a;
+            st.attr_dirty = false;
+            return Ok(LinkFate::Done);
+        }
+        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.set_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
+        drop(st);
+        Ok(LinkFate::Orphaned(inode, a))
+    }
+
+    /// Like `drop_link` for an empty directory being removed.
+    fn drop_dir(
+        &self,
+        t: &mut blobstore::Transaction<'_>,
+        ino: Ino,
+        now: Time,
+    ) -> Result<LinkFate> {
+        let inode = self.get(ino)?;
+        let mut a = inode.st.lock().attr;
+        a.nlink = 0;
+        a.ctime = now;
+        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.set_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
+        Ok(LinkFate::Orphaned(inode, a))
+    }
+
+    /// After the commit of a dropped last link: mark the inode unlinked, and delete it now
+    /// unless it is open (then the last release does). Called with `ns` held.
+    fn after_drop_link(&self, fate: LinkFate) {
+        if let LinkFate::Orphaned(inode, a) = fate {
+            let ino = inode.ino;
+            {
+                let mut st = inode.st.lock();
+                st.attr = a;
+                st.attr_dirty = false;
+                st.unlinked = true;
+                let dirty = st.pages.len() as u64 * PAGE;
+                st.pages.clear();
+                st.ra = None;
+                let _ = self
+                    .dirty_bytes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                        Some(d.saturating_sub(dirty))
+                    });
+            }
+            let open = inode.pins.load(Ordering::SeqCst) > 0;
+            drop(inode);
+            if !open {
+                // Failure leaves the orphan record: retried by the syncer and at mount.
+                let _ = self.delete_orphan_locked(ino);
+            }
+        }
+    }
+
+    /// Deletes an orphan once nothing uses it.
+    fn delete_orphan(&self, ino: Ino) -> Result<()> {
+        let _ns = self.ns.lock();
+        self.delete_orphan_locked(ino)
+    }
+
+    /// `delete_orphan` with `ns` held. A handle still in use (a request in flight) leaves
+    /// the orphan for a later retry.
+    fn delete_orphan_locked(&self, ino: Ino) -> Result<()> {
+        let handle = {
+            let mut map = self.inodes.lock();
+            match map.get(&ino) {
+                Some(i) if i.pins.load(Ordering::SeqCst) > 0 => return Ok(()),
+                _ => map.remove(&ino),
+            }
+        };
+        drop(handle);
+        let mut t = self.store.transaction();
+        t.delete_blob(bid(ino));
+        t.remove_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino));
+        match t.commit() {
+            Err(blobstore::Error::Busy(_)) => {
+                self.retry_orphans.lock().push(ino);
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// Retries orphans whose deletion found them busy.
+    pub(crate) fn retry_orphan_deletes(&self) {
+        let list = std::mem::take(&mut *self.retry_orphans.lock());
+        for ino in list {
+            let _ = self.delete_orphan(ino);
+        }
+    }
+
+    fn touch_ctime(&self, inode: &Inode) -> Result<()> {
+        let mut st = inode.st.lock();
+        st.attr.ctime = Time::now();
+        if st.attr.kind() == Kind::File {
+            st.attr_dirty = true;
+        } else {
+            inode
+                .blob
+                .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Writes back the data, then queues the inode record if it changed (not committed).
+    pub(crate) fn persist_locked(
+        &self,
+        inode: &Inode,
+        st: &mut MutexGuard<'_, InodeState>,
+    ) -> Result<()> {
+        self.write_back(inode, st)?;
+        if st.attr_dirty && !st.unlinked {
+            inode
+                .blob
+                .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
+            st.attr_dirty = false;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sync_all(&self) -> Result<()> {
+        self.writable()?;
+        self.retry_orphan_deletes();
+        let inodes: Vec<Arc<Inode>> = self.inodes.lock().values().cloned().collect();
+        for inode in inodes {
+            let mut st = inode.st.lock();
+            if !st.pages.is_empty() || st.attr_dirty {
+                self.persist_locked(&inode, &mut st)?;
+            }
+        }
+        self.store.sync()?;
+        Ok(())
+    }
+
+    /// Runs `f` with an I/O channel from the pool.
+    pub(crate) fn with_channel<T>(&self, f: impl FnOnce(&mut IoChannel) -> Result<T>) -> Result<T> {
+        let ch = self.channels.lock().pop();
+        let mut ch = match ch {
+            Some(c) => c,
+            None => self.store.channel()?,
+        };
+        let r = f(&mut ch);
+        if ch.in_flight() == 0 {
+            self.channels.lock().push(ch);
+        }
+        r
+    }
+}
+
+fn sync_loop(weak: Weak<Inner>, syncer: Arc<Syncer>, every: Duration) {
+    loop {
+        {
+            let mut stop = syncer.stop.lock();
+            if *stop {
+                return;
+            }
+            syncer.cv.wait_for(&mut stop, every);
+            if *stop {
+                return;
+            }
+        }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        // Errors turn the store read-only and are reported by the next caller.
+        let _ = inner.sync_all();
+    }
+}
