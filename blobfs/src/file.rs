@@ -10,9 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::fs::{Inner, Inode, InodeState, PAGE};
-use crate::inode::{Kind, Time};
+use crate::inode::{Kind, Time, KEY_INODE};
+use blobstore::XattrNs;
 use driver::DmaBuf;
-use parking_lot::MutexGuard;
 use std::sync::atomic::Ordering;
 
 /// Pages written back in one device write at most.
@@ -152,11 +152,7 @@ impl Inner {
     }
 
     /// Writes the file's dirty pages to its blob (not committed: no flush, no record).
-    pub(crate) fn write_back(
-        &self,
-        inode: &Inode,
-        st: &mut MutexGuard<'_, InodeState>,
-    ) -> Result<()> {
+    pub(crate) fn write_back(&self, inode: &Inode, st: &mut InodeState) -> Result<()> {
         if st.pages.is_empty() {
             return Ok(());
         }
@@ -238,7 +234,7 @@ impl Inner {
         let old = st.attr.size;
         st.ra = None;
         if size < old {
-            // Drop cached pages past the end; clear the tail of the last page.
+            // Drop cached pages past the end; clear the tail of the last cached page.
             let keep = size.div_ceil(PAGE);
             let dropped: Vec<u64> = st.pages.range(keep..).map(|(k, _)| *k).collect();
             for k in &dropped {
@@ -249,21 +245,31 @@ impl Inner {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
                     Some(d.saturating_sub(dropped.len() as u64 * PAGE))
                 });
-            if !size.is_multiple_of(PAGE) {
-                let idx = size / PAGE;
-                let page = self.page_mut(inode, st, idx, false)?;
-                page[(size % PAGE) as usize..].fill(0);
+            if let Some(p) = st.pages.get_mut(&(size / PAGE)) {
+                p[(size % PAGE) as usize..].fill(0);
             }
-            // Free whole clusters past the end, then zero the rest of the last cluster.
+            // The data that stays is written back first; then the smaller size and the
+            // released clusters commit together, so no crash separates them. Bytes past
+            // the new end are not zeroed here (that would destroy data before the truncate
+            // is durable): `zero_gap` clears them whenever the file grows again.
+            self.write_back(inode, st)?;
+            let now = Time::now();
+            let mut a = st.attr;
+            a.size = size;
+            a.mtime = now;
+            a.ctime = now;
+            let mut t = self.store.transaction();
             let clusters = self.clusters_for(size);
             if inode.blob.num_clusters() > clusters {
-                inode.blob.resize(clusters)?;
+                t.resize(inode.blob.id(), clusters);
             }
-            let from = size.div_ceil(PAGE) * PAGE;
-            let to = inode.blob.size().min(old.div_ceil(PAGE) * PAGE);
-            if from < to {
-                self.with_channel(|ch| Ok(inode.blob.write_zeroes(ch, from, to - from)?))?;
+            if !st.unlinked {
+                t.set_xattr(inode.blob.id(), XattrNs::Internal, KEY_INODE, &a.encode());
             }
+            t.commit()?;
+            st.attr = a;
+            st.attr_dirty = false;
+            return Ok(());
         } else if size > old {
             self.zero_gap(inode, st, old, size)?;
             self.ensure_clusters(inode, size)?;

@@ -13,7 +13,7 @@ use crate::inode::{
 };
 use blobstore::{Blob, BlobId, Blobstore, IoChannel, OpenOptions, XattrNs};
 use driver::Device;
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -1204,11 +1204,7 @@ impl Inner {
     }
 
     /// Writes back the data, then queues the inode record if it changed (not committed).
-    pub(crate) fn persist_locked(
-        &self,
-        inode: &Inode,
-        st: &mut MutexGuard<'_, InodeState>,
-    ) -> Result<()> {
+    pub(crate) fn persist_locked(&self, inode: &Inode, st: &mut InodeState) -> Result<()> {
         self.write_back(inode, st)?;
         if st.attr_dirty && !st.unlinked {
             inode
@@ -1222,7 +1218,9 @@ impl Inner {
     pub(crate) fn sync_all(&self) -> Result<()> {
         self.writable()?;
         self.retry_orphan_deletes();
-        let inodes: Vec<Arc<Inode>> = self.inodes.lock().values().cloned().collect();
+        let mut inodes: Vec<Arc<Inode>> = self.inodes.lock().values().cloned().collect();
+        // A fixed order: the same work issues the same I/O (the power-cut sweeps replay it).
+        inodes.sort_by_key(|i| i.ino);
         for inode in inodes {
             let mut st = inode.st.lock();
             if !st.pages.is_empty() || st.attr_dirty {

@@ -456,3 +456,39 @@ fn large_directory() {
     assert_eq!(fs.lookup(d.ino, b"file-019999").unwrap().kind, Kind::File);
     clean(&fs);
 }
+
+#[test]
+fn regrow_after_committed_truncate_shows_zeroes_even_after_a_crash() {
+    let dev = mem(16 << 20);
+    let fs = new_fs(&dev);
+    let f = fs.create(ROOT_INO, b"f", 0o644, 0, 0).unwrap();
+    fs.write(f.ino, 0, &vec![0xAA; 200_000]).unwrap();
+    fs.fsync(f.ino).unwrap();
+    // The shrink commits; the bytes past the new end stay on the device (not zeroed before
+    // the truncate is durable).
+    fs.setattr(
+        f.ino,
+        SetAttr {
+            size: Some(5000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    fs.sync_all().unwrap();
+    // Grow with a write far out, then crash right after its fsync.
+    fs.write(f.ino, 100_000, b"tail").unwrap();
+    fs.fsync(f.ino).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(9);
+    let img = dev.power_cut(driver::mem::CutPolicy::DropAll, &mut rng);
+    drop(fs);
+    let fs = reopen(&img);
+    clean(&fs);
+    let got = fs.read(f.ino, 0, 200_000).unwrap();
+    assert_eq!(got.len(), 100_004);
+    assert!(got[..5000].iter().all(|&b| b == 0xAA));
+    assert!(
+        got[5000..100_000].iter().all(|&b| b == 0),
+        "old bytes past a committed truncate came back"
+    );
+    assert_eq!(&got[100_000..], b"tail");
+}
