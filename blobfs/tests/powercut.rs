@@ -335,9 +335,9 @@ fn read_back(fs: &FileSystem) -> Result<Model, blobfs::Error> {
         for e in fs.readdir(d)? {
             if e.kind == Kind::Dir {
                 queue.push(e.ino);
-            } else if !m.files.contains_key(&e.ino) {
+            } else if let std::collections::btree_map::Entry::Vacant(v) = m.files.entry(e.ino) {
                 let size = fs.getattr(e.ino)?.size;
-                m.files.insert(e.ino, fs.read(e.ino, 0, size as usize)?);
+                v.insert(fs.read(e.ino, 0, size as usize)?);
             }
             es.insert(e.name, (e.ino, e.kind));
         }
