@@ -91,7 +91,8 @@ impl Inner {
         }
         // Whole pages in between: zero them where the blob has clusters.
         let first = from.div_ceil(PAGE) * PAGE;
-        let last = (to / PAGE * PAGE).min(inode.blob.size());
+        // (A partial last page is zeroed whole: its bytes past `to` are past the end.)
+        let last = (to.div_ceil(PAGE) * PAGE).min(inode.blob.size());
         if first < last {
             for idx in first / PAGE..last / PAGE {
                 if let Some(p) = st.pages.get_mut(&idx) {
@@ -263,9 +264,7 @@ impl Inner {
             if inode.blob.num_clusters() > clusters {
                 t.resize(inode.blob.id(), clusters);
             }
-            if !st.unlinked {
-                t.set_xattr(inode.blob.id(), XattrNs::Internal, KEY_INODE, &a.encode());
-            }
+            t.set_xattr(inode.blob.id(), XattrNs::Internal, KEY_INODE, &a.encode());
             t.commit()?;
             st.attr = a;
             st.attr_dirty = false;

@@ -779,7 +779,14 @@ impl FileSystem {
         let unlinked = {
             let mut st = inode.st.lock();
             if st.unlinked {
+                let dirty = st.pages.len() as u64 * PAGE;
                 st.pages.clear();
+                let _ =
+                    self.inner
+                        .dirty_bytes
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                            Some(d.saturating_sub(dirty))
+                        });
                 true
             } else {
                 if !self.is_read_only() {
@@ -1130,21 +1137,25 @@ impl Inner {
     fn after_drop_link(&self, fate: LinkFate) {
         if let LinkFate::Orphaned(inode, a) = fate {
             let ino = inode.ino;
+            let open = inode.pins.load(Ordering::SeqCst) > 0;
             {
                 let mut st = inode.st.lock();
                 st.attr = a;
                 st.attr_dirty = false;
                 st.unlinked = true;
-                let dirty = st.pages.len() as u64 * PAGE;
-                st.pages.clear();
-                st.ra = None;
-                let _ = self
-                    .dirty_bytes
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
-                        Some(d.saturating_sub(dirty))
-                    });
+                if !open {
+                    // Nobody can read these pages any more. (An open file keeps them: it
+                    // works as before through its handles until the last release.)
+                    let dirty = st.pages.len() as u64 * PAGE;
+                    st.pages.clear();
+                    st.ra = None;
+                    let _ =
+                        self.dirty_bytes
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+                                Some(d.saturating_sub(dirty))
+                            });
+                }
             }
-            let open = inode.pins.load(Ordering::SeqCst) > 0;
             drop(inode);
             if !open {
                 // Failure leaves the orphan record: retried by the syncer and at mount.
@@ -1206,7 +1217,7 @@ impl Inner {
     /// Writes back the data, then queues the inode record if it changed (not committed).
     pub(crate) fn persist_locked(&self, inode: &Inode, st: &mut InodeState) -> Result<()> {
         self.write_back(inode, st)?;
-        if st.attr_dirty && !st.unlinked {
+        if st.attr_dirty {
             inode
                 .blob
                 .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
