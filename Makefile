@@ -1,10 +1,15 @@
-# BlobFS: build, demo and test entry points.
+# BlobFS: build, run and test entry points.
 #
-#   make run     build (release), create ./blobfs.img (1 GiB) if missing, run the demo on it
-#   make test    install what is missing, then fmt check, clippy, and the whole test suite
-#   make build   build the workspace (release)
-#   make deps    install the Debian packages the build and tests need (idempotent)
-#   make clean   remove build output and the demo image
+#   make run        build (release), make ./blobfs.img (1 GiB BlobFS) if missing, mount it
+#                   at ./mnt in the foreground; Ctrl-C (or SIGTERM) unmounts cleanly
+#   make demo       build, then walk through the blob API on ./blobfs.img (blobfs demo)
+#   make test       install what is missing, then fmt check, clippy, and the whole test suite
+#   make build      build the workspace (release)
+#   make install    install blobfs to $(PREFIX)/sbin (PREFIX=/usr/local) and the helpers
+#                   mount.fuse.blobfs and mkfs.blobfs to /sbin, for mount(8) and fstab
+#   make uninstall  remove what make install put there
+#   make deps       install the Debian packages the build and tests need (idempotent)
+#   make clean      remove build output and the image
 #
 # Everything here is non-interactive (CI runs `.ci/run` as root with no stdin). cargo comes
 # from PATH; the toolchain is pinned in rust-toolchain.toml.
@@ -16,19 +21,26 @@ SHELL := /bin/bash
 CARGO ?= cargo
 IMAGE ?= ./blobfs.img
 IMAGE_SIZE ?= 1G
+MNT ?= ./mnt
 BLOBFS := target/release/blobfs
+# make install: the binary goes to $(SBINDIR); the mount(8) and mkfs(8) helpers go to
+# $(HELPERDIR), which must be /sbin for mount(8) to find mount.fuse.blobfs.
+PREFIX ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+HELPERDIR ?= /sbin
+DESTDIR ?=
 
 # Debian packages the build and tests need, installed by `make deps` when `dpkg -s` says
-# they are missing. None so far; later parts add theirs here (e.g. fuse3 libfuse3-dev for
-# the FUSE mount, librocksdb-dev for the RocksDB FileSystem).
-APT_PACKAGES :=
+# they are missing: fuse3 for fusermount3 (unmounting and mounting as non-root; the mount
+# itself is pure Rust, no libfuse). Later parts add theirs (e.g. librocksdb-dev).
+APT_PACKAGES := fuse3
 
 # Root installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help build run test deps toolcheck clean
+.PHONY: help build run demo image install uninstall test deps toolcheck clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -36,14 +48,54 @@ help:
 build:
 	$(CARGO) build --workspace --release
 
-run: build
-	@if [ -e "$(IMAGE)" ]; then \
-		echo "using the existing $(IMAGE) (make clean removes it)"; \
-	else \
-		echo "creating $(IMAGE) ($(IMAGE_SIZE))"; \
+# The image: a BlobFS filesystem. An empty bare blobstore left by an earlier `make run`
+# (which only ran the demo) is made a filesystem; anything else is left alone.
+image: build
+	@if [ ! -e "$(IMAGE)" ]; then \
+		echo "creating $(IMAGE) ($(IMAGE_SIZE)), a BlobFS filesystem"; \
 		$(BLOBFS) mkfs "$(IMAGE)" --size $(IMAGE_SIZE); \
+	elif $(BLOBFS) info "$(IMAGE)" --json | grep -q '"filesystem": "none"'; then \
+		if $(BLOBFS) info "$(IMAGE)" --json | grep -q '"blob_count": 0,'; then \
+			echo "$(IMAGE) is an empty bare blobstore (from an earlier make run): making it a BlobFS filesystem"; \
+			$(BLOBFS) mkfs "$(IMAGE)" --force; \
+		else \
+			echo "$(IMAGE) holds a bare blobstore with blobs, not a BlobFS filesystem;" \
+				"move it away or run: $(BLOBFS) mkfs $(IMAGE) --force" >&2; \
+			exit 1; \
+		fi; \
+	else \
+		echo "using the existing $(IMAGE) (make clean removes it)"; \
 	fi
+
+# Mount in the foreground. A dead mount left at $(MNT) (server killed: "transport endpoint
+# is not connected") is cleared first; a live one is an error.
+run: image
+	@if grep -qs " $(abspath $(MNT)) " /proc/self/mountinfo; then \
+		if stat "$(MNT)" >/dev/null 2>&1; then \
+			echo "$(MNT) is already mounted; unmount it first: $(BLOBFS) umount $(MNT)" >&2; \
+			exit 1; \
+		fi; \
+		echo "clearing a dead mount at $(MNT)"; \
+		fusermount3 -u -z "$(MNT)" 2>/dev/null || $(SUDO) umount -l "$(MNT)"; \
+	fi
+	@mkdir -p "$(MNT)"
+	@echo "mounting $(IMAGE) at $(MNT): use it from another terminal (cp, ls, tar... in $(MNT));"
+	@echo "press Ctrl-C here (or send SIGTERM) to unmount: everything is written back first"
+	$(BLOBFS) mount "$(IMAGE)" "$(MNT)"
+
+demo: image
 	$(BLOBFS) demo "$(IMAGE)"
+
+install: build
+	install -D -m 755 $(BLOBFS) "$(DESTDIR)$(SBINDIR)/blobfs"
+	install -d "$(DESTDIR)$(HELPERDIR)"
+	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs"
+	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs"
+	@echo "installed $(SBINDIR)/blobfs, $(HELPERDIR)/mount.fuse.blobfs and $(HELPERDIR)/mkfs.blobfs"
+
+uninstall:
+	rm -f "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs" \
+		"$(DESTDIR)$(SBINDIR)/blobfs"
 
 deps: toolcheck
 	@missing=""; \
@@ -79,3 +131,4 @@ test: deps
 clean:
 	$(CARGO) clean
 	rm -f "$(IMAGE)"
+	@rmdir "$(MNT)" 2>/dev/null || true

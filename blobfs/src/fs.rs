@@ -351,6 +351,10 @@ impl FileSystem {
 
     /// Changes attributes; a size change truncates or extends the file.
     pub fn setattr(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
+        self.retry_nospace(|| self.setattr_once(ino, set))
+    }
+
+    fn setattr_once(&self, ino: Ino, set: SetAttr) -> Result<Attr> {
         self.inner.writable()?;
         let _ns = self.inner.ns.lock();
         let inode = self.inner.get(ino)?;
@@ -802,6 +806,19 @@ impl FileSystem {
         Ok(())
     }
 
+    /// Runs `f`, and once more after a commit if it ran out of space: clusters freed by
+    /// deletes and truncates return only when that change is committed, so without this
+    /// `rm big; cp other .` could fail for no reason between two background syncs.
+    fn retry_nospace<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(Error::NoSpace) => {
+                self.inner.store.sync()?;
+                f()
+            }
+            r => r,
+        }
+    }
+
     /// Reads up to `len` bytes at `offset` (short at end of file).
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
         let inode = self.inner.get(ino)?;
@@ -812,7 +829,7 @@ impl FileSystem {
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
         self.inner.writable()?;
         let inode = self.inner.get(ino)?;
-        self.inner.write(&inode, offset, data)
+        self.retry_nospace(|| self.inner.write(&inode, offset, data))
     }
 
     /// Makes the file's data and attributes durable (also its name if `ino` is a directory
@@ -822,10 +839,10 @@ impl FileSystem {
             return Ok(());
         }
         let inode = self.inner.get(ino)?;
-        {
+        self.retry_nospace(|| {
             let mut st = inode.st.lock();
-            self.inner.persist_locked(&inode, &mut st)?;
-        }
+            self.inner.persist_locked(&inode, &mut st)
+        })?;
         self.inner.store.sync()?;
         Ok(())
     }
@@ -836,8 +853,10 @@ impl FileSystem {
             return Ok(());
         }
         let inode = self.inner.get(ino)?;
-        let mut st = inode.st.lock();
-        self.inner.write_back(&inode, &mut st)
+        self.retry_nospace(|| {
+            let mut st = inode.st.lock();
+            self.inner.write_back(&inode, &mut st)
+        })
     }
 
     // ---- xattrs ----
@@ -1232,14 +1251,22 @@ impl Inner {
         let mut inodes: Vec<Arc<Inode>> = self.inodes.lock().values().cloned().collect();
         // A fixed order: the same work issues the same I/O (the power-cut sweeps replay it).
         inodes.sort_by_key(|i| i.ino);
+        // One file failing (out of space) must not keep the others, and the commit that
+        // releases freed clusters, from happening.
+        let mut first_err = None;
         for inode in inodes {
             let mut st = inode.st.lock();
             if !st.pages.is_empty() || st.attr_dirty {
-                self.persist_locked(&inode, &mut st)?;
+                if let Err(e) = self.persist_locked(&inode, &mut st) {
+                    first_err.get_or_insert(e);
+                }
             }
         }
         self.store.sync()?;
-        Ok(())
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Runs `f` with an I/O channel from the pool.

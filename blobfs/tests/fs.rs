@@ -492,3 +492,19 @@ fn regrow_after_committed_truncate_shows_zeroes_even_after_a_crash() {
     );
     assert_eq!(&got[100_000..], b"tail");
 }
+
+#[test]
+fn space_freed_by_an_uncommitted_delete_is_usable_at_once() {
+    let dev = mem(64 << 20);
+    let fs = new_fs(&dev);
+    let a = fs.create(ROOT_INO, b"a", 0o644, 0, 0).unwrap();
+    fs.write(a.ino, 0, &vec![1u8; 40 << 20]).unwrap();
+    fs.flush(a.ino).unwrap();
+    fs.unlink(ROOT_INO, b"a").unwrap();
+    // No sync in between: the delete's clusters wait for a commit, which the write forces.
+    let b = fs.create(ROOT_INO, b"b", 0o644, 0, 0).unwrap();
+    fs.write(b.ino, 0, &vec![2u8; 40 << 20]).unwrap();
+    fs.fsync(b.ino).unwrap();
+    assert_eq!(fs.read(b.ino, (40 << 20) - 3, 10).unwrap(), vec![2u8; 3]);
+    clean(&fs);
+}

@@ -1,6 +1,6 @@
 //! `blobfs demo`: a walk through the blob API on an existing store.
 
-use crate::device::{self, Target};
+use crate::device::{self, Target, LOCK_WAIT};
 use crate::human;
 use crate::info;
 use anyhow::{bail, Context, Result};
@@ -63,6 +63,8 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
     )?;
 
     step(out, &mut n, "open the store")?;
+    // Not while the store is mounted (or used by another command).
+    let _lock = target.lock(true, LOCK_WAIT)?;
     let (dev, store) = if target.is_mem() {
         let dev = target.open_device(None, false)?;
         writeln!(
@@ -89,7 +91,15 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
         store.io_unit()
     )?;
     writeln!(out, "    store before the demo:")?;
-    info::print_text(&info::report(&store, dev.as_ref())?, "      ", true, out)?;
+    let before = info::report(&store, dev.as_ref())?;
+    info::print_text(&before, "      ", true, out)?;
+    if before.filesystem == "blobfs" {
+        writeln!(
+            out,
+            "    the store holds a BlobFS filesystem: the demo works beside it, on a blob of \
+             its own that no directory names, and deletes it again"
+        )?;
+    }
 
     step(
         out,

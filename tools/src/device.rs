@@ -10,9 +10,12 @@ use blobstore::format::superblock::SB_SIZE;
 use blobstore::{recovery, Blobstore, OpenOptions};
 use driver::uring::{UringDevice, UringOptions};
 use driver::Device;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// LBA size used for regular files when nothing else says otherwise.
 pub const DEFAULT_FILE_LBA: u32 = 4096;
@@ -207,6 +210,70 @@ impl Target {
         let dev = self.open_store_device(read_only)?;
         let store = open_store_on(self, &dev, read_only)?;
         Ok((dev, store))
+    }
+}
+
+/// How long commands wait for a store another process holds (a filesystem just unmounted
+/// may still be writing back and closing).
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// An advisory lock (`flock`) on the image file or device node, held while the value
+/// lives: exclusive for anything that writes (mount, mkfs, demo), shared for read-only
+/// mounts. It keeps two writers off one store; the driver itself does not lock.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+fn try_flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+impl Target {
+    /// Locks the store (`None` for mem:, which no other process can see), waiting up to
+    /// `wait` while another process holds it.
+    pub fn lock(&self, exclusive: bool, wait: Duration) -> Result<Option<StoreLock>> {
+        let Target::Path { path, .. } = self else {
+            return Ok(None);
+        };
+        let file = File::open(path)
+            .with_context(|| format!("{}: cannot open to lock it", path.display()))?;
+        let until = Instant::now() + wait;
+        loop {
+            if try_flock(&file, exclusive)
+                .with_context(|| format!("{}: cannot lock", path.display()))?
+            {
+                return Ok(Some(StoreLock { _file: file }));
+            }
+            if Instant::now() >= until {
+                bail!(
+                    "{}: in use by another process (mounted, or a blobfs command running on \
+                     it); unmount it first",
+                    path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until no process holds the store exclusively (a mount's server has closed
+    /// it), at most `wait`. Returns whether it is free; `true` for mem:.
+    pub fn wait_unlocked(&self, wait: Duration) -> bool {
+        self.lock(false, wait).is_ok()
     }
 }
 

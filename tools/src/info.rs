@@ -3,7 +3,8 @@
 use crate::device::Target;
 use crate::human;
 use anyhow::{Context, Result};
-use blobstore::{recovery, Blobstore, StoreInfo};
+use blobfs::inode::{KEY_MARKER, MARKER, ROOT_INO};
+use blobstore::{recovery, BlobId, Blobstore, StoreInfo, XattrNs};
 use driver::Device;
 use serde::Serialize;
 use std::io::Write;
@@ -41,6 +42,8 @@ pub struct Report {
     pub log_epoch: u64,
     pub checkpoint_count: u64,
     pub read_only: bool,
+    /// `blobfs` when the store holds a BlobFS filesystem (a root directory), else `none`.
+    pub filesystem: String,
     pub superblock: SuperblockReport,
     pub replay: ReplayReport,
 }
@@ -96,6 +99,11 @@ pub fn report(store: &Blobstore, dev: &dyn Device) -> Result<Report> {
     let pair = recovery::read_superblocks(qp.as_mut(), dev)
         .context("cannot read the superblocks again")?;
     let tail = store.tail();
+    let is_fs = store
+        .open_blob(BlobId(ROOT_INO))
+        .ok()
+        .and_then(|b| b.get_xattr_ns(XattrNs::Internal, KEY_MARKER))
+        .is_some_and(|m| m == MARKER);
     Ok(Report {
         device: dev.describe(),
         capacity_bytes: dev.geometry().capacity(),
@@ -115,6 +123,7 @@ pub fn report(store: &Blobstore, dev: &dyn Device) -> Result<Report> {
         log_epoch,
         checkpoint_count,
         read_only,
+        filesystem: if is_fs { "blobfs" } else { "none" }.to_string(),
         superblock: SuperblockReport {
             active_copy: pair.slot,
             compat: pair.active.compat,
@@ -154,6 +163,14 @@ pub fn print_text(r: &Report, indent: &str, full: bool, out: &mut dyn Write) -> 
             format!("{} ({})", r.device, human::bytes(r.capacity_bytes)),
         ),
         ("uuid", r.uuid.clone()),
+        (
+            "filesystem",
+            if r.filesystem == "blobfs" {
+                "BlobFS (blob 1 is its root directory)".to_string()
+            } else {
+                "none: a bare blobstore (`blobfs mkfs` makes a BlobFS filesystem)".to_string()
+            },
+        ),
         (
             "format",
             format!(

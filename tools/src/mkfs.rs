@@ -1,8 +1,9 @@
-//! `blobfs mkfs`: format a device or image file.
+//! `blobfs mkfs`: format a device or image file with BlobFS (or a bare blobstore).
 
-use crate::device::{self, PathKind, Target, DEFAULT_FILE_LBA};
+use crate::device::{self, PathKind, Target, DEFAULT_FILE_LBA, LOCK_WAIT};
 use crate::human;
 use anyhow::{bail, Context, Result};
+use blobfs::FileSystem;
 use blobstore::{recovery, Blobstore, Error as StoreError, FormatOptions};
 use std::io::Write;
 use std::path::Path;
@@ -26,9 +27,12 @@ pub struct Args {
     /// Do not deallocate (discard/punch) the whole device first.
     #[arg(long)]
     pub no_discard: bool,
-    /// Overwrite an existing blobstore.
+    /// Overwrite an existing blobstore (or BlobFS filesystem).
     #[arg(long)]
     pub force: bool,
+    /// Make a bare blobstore, without the BlobFS filesystem (no root directory).
+    #[arg(long)]
+    pub blobstore_only: bool,
 }
 
 pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
@@ -66,6 +70,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
     };
 
     let kind = target.path_kind()?;
+    // Nobody else may use a store while it is formatted (a mounted image, say).
+    let _lock = if kind == PathKind::Missing {
+        None
+    } else {
+        target.lock(true, LOCK_WAIT)?
+    };
     let mut created = None;
     match (&target, kind) {
         (Target::Mem { .. }, _) => {
@@ -106,7 +116,14 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
         }
     }
 
-    let res = format_and_report(&target, lba, cluster_size, !args.no_discard, out);
+    let res = format_and_report(
+        &target,
+        lba,
+        cluster_size,
+        !args.no_discard,
+        !args.blobstore_only,
+        out,
+    );
     if res.is_err() {
         // Leave nothing half-made behind: an image this run created goes away again.
         if let Some(p) = created {
@@ -169,20 +186,23 @@ fn format_and_report(
     lba: Option<u32>,
     cluster_size: u32,
     discard: bool,
+    filesystem: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
     let dev = target.open_device(lba, false)?;
     let geom = dev.geometry();
     let name = target.describe();
-    Blobstore::format(
-        dev.clone(),
-        &FormatOptions {
-            cluster_size,
-            discard,
-            uuid: None,
-        },
-    )
-    .with_context(|| format!("{name}: cannot format"))?;
+    let fopts = FormatOptions {
+        cluster_size,
+        discard,
+        uuid: None,
+    };
+    if filesystem {
+        FileSystem::format(dev.clone(), &fopts)
+            .with_context(|| format!("{name}: cannot format"))?;
+    } else {
+        Blobstore::format(dev.clone(), &fopts).with_context(|| format!("{name}: cannot format"))?;
+    }
     // Read the new store back, as any later user would.
     let store = device::open_store_on(target, &dev, true)?;
     let info = store.info();
@@ -191,7 +211,14 @@ fn format_and_report(
         PathKind::BlockDevice => "block device",
         _ => "image file",
     };
-    writeln!(out, "formatted {name} as a new blobstore")?;
+    if filesystem {
+        writeln!(out, "formatted {name} as a new BlobFS filesystem")?;
+    } else {
+        writeln!(
+            out,
+            "formatted {name} as a new blobstore (no filesystem: --blobstore-only)"
+        )?;
+    }
     writeln!(
         out,
         "  device:        {} ({kind}), {}-byte LBAs",
@@ -217,5 +244,11 @@ fn format_and_report(
         "  discard:       {}",
         if discard { "yes" } else { "no (--no-discard)" }
     )?;
+    if filesystem {
+        writeln!(out, "  filesystem:    BlobFS, an empty root directory")?;
+        if !target.is_mem() {
+            writeln!(out, "  mount it with: blobfs mount {name} MOUNTPOINT")?;
+        }
+    }
     Ok(())
 }

@@ -72,6 +72,7 @@ fn mkfs_creates_an_image_that_info_reports() {
     let d = dir.path();
     let out = ok(d, &["mkfs", "s.img", "--size", "64M"]);
     assert!(out.contains("64 MiB"), "{out}");
+    assert!(out.contains("as a new BlobFS filesystem"), "{out}");
     assert!(out.contains("cluster size:  1 MiB"), "{out}");
     let uuid = uuid_of(&out);
     assert_eq!(uuid.len(), 36, "{uuid}");
@@ -84,7 +85,9 @@ fn mkfs_creates_an_image_that_info_reports() {
         "cluster size:   1 MiB",
         "LBA size:       4096",
         "64 total",
-        "blobs:          0",
+        // The root directory of the (empty) filesystem.
+        "blobs:          1",
+        "filesystem:     BlobFS",
         "metadata log",
         "checkpoints",
         "replay at open",
@@ -97,7 +100,8 @@ fn mkfs_creates_an_image_that_info_reports() {
     assert_eq!(j["cluster_size"], 1 << 20);
     assert_eq!(j["lba_size"], 4096);
     assert_eq!(j["cluster_count"], 64);
-    assert_eq!(j["blob_count"], 0);
+    assert_eq!(j["blob_count"], 1);
+    assert_eq!(j["filesystem"], "blobfs");
     assert_eq!(j["read_only"], true);
     let used = j["used_clusters"].as_u64().unwrap();
     let free = j["free_clusters"].as_u64().unwrap();
@@ -106,6 +110,48 @@ fn mkfs_creates_an_image_that_info_reports() {
     assert!(j["log_segments"].as_u64().unwrap() >= 1);
     assert!(j["replay"]["records"].as_u64().unwrap() >= 1);
     assert!(j["generation"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn mkfs_blobstore_only_makes_a_bare_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = ok(d, &["mkfs", "b.img", "--size", "32M", "--blobstore-only"]);
+    assert!(out.contains("as a new blobstore"), "{out}");
+    assert!(!out.contains("BlobFS"), "{out}");
+    let j = info_json(d, "b.img");
+    assert_eq!(j["blob_count"], 0);
+    assert_eq!(j["filesystem"], "none");
+    let text = ok(d, &["info", "b.img"]);
+    assert!(
+        text.contains("filesystem:     none: a bare blobstore"),
+        "{text}"
+    );
+    // Mounting it says what it is.
+    std::fs::create_dir(d.join("mnt")).unwrap();
+    let err = fails(d, &["mount", "b.img", "mnt", "--background"]);
+    assert!(err.contains("not a BlobFS filesystem"), "{err}");
+    assert!(err.contains("blobfs mkfs"), "{err}");
+}
+
+#[test]
+fn mkfs_under_its_classic_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let link = d.join("mkfs.blobfs");
+    std::os::unix::fs::symlink(BIN, &link).unwrap();
+    let o = Command::new(&link)
+        .args(["c.img", "--size", "32M"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("as a new BlobFS filesystem"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(info_json(d, "c.img")["filesystem"], "blobfs");
 }
 
 #[test]
@@ -168,7 +214,7 @@ fn mkfs_refuses_to_overwrite_without_force() {
 fn demo_runs_and_leaves_the_store_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(d, &["mkfs", "s.img", "--size", "64M"]);
+    ok(d, &["mkfs", "s.img", "--size", "64M", "--blobstore-only"]);
     let before = info_json(d, "s.img");
     for _ in 0..2 {
         let out = ok(d, &["demo", "s.img"]);
@@ -185,10 +231,45 @@ fn demo_runs_and_leaves_the_store_as_it_was() {
     }
     let after = info_json(d, "s.img");
     assert_eq!(after["blob_count"], 0);
+    assert_eq!(after["filesystem"], "none");
     assert_eq!(after["used_clusters"], before["used_clusters"]);
     assert_eq!(after["uuid"], before["uuid"]);
     // The demo closed cleanly: a checkpoint, so the next open replays only that.
     assert!(after["checkpoint_count"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn demo_on_a_blobfs_image_leaves_the_filesystem_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["mkfs", "fs.img", "--size", "64M"]);
+    let before = info_json(d, "fs.img");
+    let out = ok(d, &["demo", "fs.img"]);
+    assert!(out.contains("holds a BlobFS filesystem"), "{out}");
+    assert!(out.contains("demo finished"), "{out}");
+    let after = info_json(d, "fs.img");
+    assert_eq!(after["blob_count"], before["blob_count"]);
+    assert_eq!(after["used_clusters"], before["used_clusters"]);
+    assert_eq!(after["filesystem"], "blobfs");
+    // The filesystem opens and checks clean.
+    let dev = driver::uring::UringDevice::open(
+        d.join("fs.img").to_str().unwrap(),
+        &driver::uring::UringOptions {
+            lba_size: None,
+            read_only: true,
+        },
+    )
+    .unwrap();
+    let fs = blobfs::FileSystem::open(
+        std::sync::Arc::new(dev),
+        blobfs::FsOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = fs.check().unwrap();
+    assert!(r.is_clean(), "{:#?}", r.problems);
 }
 
 #[test]
@@ -234,7 +315,9 @@ fn info_on_things_that_are_not_blobstores() {
 fn damaged_images_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(d, &["mkfs", "s.img", "--size", "32M"]);
+    // A bare store: its checkpoint is at the start of cluster 1 (a BlobFS mkfs writes a
+    // second checkpoint elsewhere when it closes).
+    ok(d, &["mkfs", "s.img", "--size", "32M", "--blobstore-only"]);
     let good = std::fs::read(d.join("s.img")).unwrap();
 
     // Both superblock copies damaged.
@@ -308,6 +391,7 @@ fn help_explains_commands_and_path_forms() {
         &["mkfs", "--help"][..],
         &["info", "--help"][..],
         &["demo", "--help"][..],
+        &["mount", "--help"][..],
     ] {
         let out = ok(d, args);
         for want in ["file:PATH", "mem:SIZE", "block device", "image file"] {
@@ -319,4 +403,16 @@ fn help_explains_commands_and_path_forms() {
     }
     assert!(ok(d, &["mkfs", "--help"]).contains("--force"));
     assert!(ok(d, &["info", "--help"]).contains("--json"));
+    assert!(ok(d, &["mkfs", "--help"]).contains("--blobstore-only"));
+    let mount = ok(d, &["mount", "--help"]);
+    for want in [
+        "--background",
+        "allow_other",
+        "auto_unmount",
+        "fstab",
+        "SIGTERM",
+    ] {
+        assert!(mount.contains(want), "{want:?} missing from:\n{mount}");
+    }
+    assert!(ok(d, &["umount", "--help"]).contains("--lazy"));
 }
