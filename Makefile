@@ -21,6 +21,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 IMAGE ?= ./blobfs.img
 IMAGE_SIZE ?= 1G
+# Every non-empty file takes at least one cluster: 64 KiB suits a tree of small files
+# (blobfs mkfs defaults to 1 MiB, better for big files such as RocksDB's).
+IMAGE_CLUSTER ?= 64K
 MNT ?= ./mnt
 BLOBFS := target/release/blobfs
 # make install: the binary goes to $(SBINDIR); the mount(8) and mkfs(8) helpers go to
@@ -53,11 +56,11 @@ build:
 image: build
 	@if [ ! -e "$(IMAGE)" ]; then \
 		echo "creating $(IMAGE) ($(IMAGE_SIZE)), a BlobFS filesystem"; \
-		$(BLOBFS) mkfs "$(IMAGE)" --size $(IMAGE_SIZE); \
+		$(BLOBFS) mkfs "$(IMAGE)" --size $(IMAGE_SIZE) --cluster-size $(IMAGE_CLUSTER); \
 	elif $(BLOBFS) info "$(IMAGE)" --json | grep -q '"filesystem": "none"'; then \
 		if $(BLOBFS) info "$(IMAGE)" --json | grep -q '"blob_count": 0,'; then \
 			echo "$(IMAGE) is an empty bare blobstore (from an earlier make run): making it a BlobFS filesystem"; \
-			$(BLOBFS) mkfs "$(IMAGE)" --force; \
+			$(BLOBFS) mkfs "$(IMAGE)" --force --cluster-size $(IMAGE_CLUSTER); \
 		else \
 			echo "$(IMAGE) holds a bare blobstore with blobs, not a BlobFS filesystem;" \
 				"move it away or run: $(BLOBFS) mkfs $(IMAGE) --force" >&2; \
