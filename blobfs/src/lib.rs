@@ -8,13 +8,13 @@
 //! record): after it returns, a crash loses nothing of that file, and a size never covers
 //! bytes that were not written.
 
-mod check;
+pub mod check;
 mod error;
 mod file;
 pub mod fs;
 pub mod inode;
 
-pub use check::FsCheck;
+pub use check::{check_fs, is_blobfs, repair_fs, Fix, FsCheck, FsFinding, Severity};
 pub use error::{Error, Result};
 pub use fs::{Attr, DirEntry, FileSystem, FsOptions, RenameFlags, SetAttr, StatFs, PAGE};
 pub use inode::{Ino, Kind, Time, ROOT_INO};

@@ -12,6 +12,7 @@ pub mod channel;
 pub mod check;
 mod error;
 pub mod format;
+pub mod fsck;
 pub mod journal;
 pub mod meta;
 pub mod recovery;

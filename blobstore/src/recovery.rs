@@ -8,7 +8,7 @@
 use crate::alloc::Allocator;
 use crate::error::{corrupt, Error, Result};
 use crate::format::block::{
-    chain_seed, check_jump, decode_block, BlockHeader, NotABlock, KIND_JUMP,
+    chain_seed, check_jump, decode_block, BlockHeader, NotABlock, BLOCK_HEADER, KIND_JUMP,
 };
 use crate::format::record::Record;
 use crate::format::superblock::{Superblock, SB_SIZE};
@@ -165,6 +165,28 @@ pub struct Replayed {
     pub tail: TailInfo,
     /// Every group as decoded, when asked for (for dump tools).
     pub groups: Option<Vec<Vec<Record>>>,
+    /// Lenient replay only: cluster references beyond the first owner of a cluster
+    /// (blob, index in the blob, cluster), in the order met.
+    pub duplicates: Vec<(crate::units::BlobId, u64, ClusterIdx)>,
+}
+
+/// Something a lenient replay (fsck) found wrong. `kind` is a stable identifier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub detail: String,
+    /// Whether a repair can fix it without guessing (fsck -y).
+    pub repairable: bool,
+}
+
+impl Finding {
+    pub fn new(kind: &'static str, detail: impl Into<String>, repairable: bool) -> Finding {
+        Finding {
+            kind,
+            detail: detail.into(),
+            repairable,
+        }
+    }
 }
 
 /// Position and chain state at a group boundary.
@@ -178,12 +200,36 @@ struct Mark {
     bytes: u64,
 }
 
-/// Replays the log `sb` points at.
+/// Replays the log `sb` points at. Any impossible content is an error.
 pub fn replay(
     qp: &mut dyn QueuePair,
     dev: &dyn Device,
     sb: &Superblock,
     keep_groups: bool,
+) -> Result<Replayed> {
+    replay_inner(qp, dev, sb, keep_groups, None)
+}
+
+/// Replays as far as possible for fsck: records that do not apply are skipped, damaged
+/// groups and jumps end or skip what they must, unknown blob flags are masked, and a
+/// cluster referenced twice stays with both (listed in `duplicates`); each is reported in
+/// `findings`. Only a missing or damaged checkpoint (no base state) is an error.
+pub fn replay_lenient(
+    qp: &mut dyn QueuePair,
+    dev: &dyn Device,
+    sb: &Superblock,
+    keep_groups: bool,
+    findings: &mut Vec<Finding>,
+) -> Result<Replayed> {
+    replay_inner(qp, dev, sb, keep_groups, Some(findings))
+}
+
+fn replay_inner(
+    qp: &mut dyn QueuePair,
+    dev: &dyn Device,
+    sb: &Superblock,
+    keep_groups: bool,
+    mut lenient: Option<&mut Vec<Finding>>,
 ) -> Result<Replayed> {
     check_device(sb, dev)?;
     let seg_size = u64::from(sb.cluster_size);
@@ -220,13 +266,27 @@ pub fn replay(
         let padded = BlockHeader::padded_len(p.len(), unit as usize) as u64;
         bytes += padded;
         if h.kind == KIND_JUMP {
-            check_jump(h.jump_to, sb.cluster_count)?;
-            if !visited.insert(h.jump_to) {
-                return Err(corrupt(format!(
-                    "log jumps back to segment {} (cycle)",
-                    h.jump_to
-                )));
+            let bad = match check_jump(h.jump_to, sb.cluster_count) {
+                Err(e) => Some(e.to_string()),
+                Ok(()) if visited.contains(&h.jump_to) => {
+                    Some(format!("log jumps back to segment {} (cycle)", h.jump_to))
+                }
+                Ok(()) => None,
+            };
+            if let Some(why) = bad {
+                match lenient.as_deref_mut() {
+                    Some(f) => {
+                        f.push(Finding::new(
+                            "log-damaged",
+                            format!("{why}: the log ends there"),
+                            true,
+                        ));
+                        break why;
+                    }
+                    None => return Err(corrupt(why)),
+                }
             }
+            visited.insert(h.jump_to);
             seg = ClusterIdx(h.jump_to);
             segments.push(seg);
             buf = read_bytes(qp, dev, seg.0 * seg_size, seg_size as usize)?;
@@ -241,11 +301,29 @@ pub fn replay(
             continue;
         }
         // A complete group: decode and apply it whole.
-        let records = Record::decode_all(&payload)
-            .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?;
         let first_group = mark.is_none();
-        apply_group(&mut table, &mut alloc, &records, first_group)
-            .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?;
+        let records = match Record::decode_all(&payload) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("log group ending at block {}: {e}", seq - 1);
+                match lenient.as_deref_mut() {
+                    Some(f) if !first_group => {
+                        f.push(Finding::new(
+                            "log-damaged",
+                            format!("{why} (group skipped)"),
+                            true,
+                        ));
+                        Vec::new()
+                    }
+                    _ => return Err(corrupt(why)),
+                }
+            }
+        };
+        match lenient.as_deref_mut() {
+            None => apply_group(&mut table, &mut alloc, &records, first_group)
+                .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?,
+            Some(f) => apply_group_lenient(&mut table, &records, first_group, seq - 1, f)?,
+        }
         stats.groups += 1;
         stats.records += records.len() as u64;
         if first_group {
@@ -266,7 +344,18 @@ pub fn replay(
         });
         if off + unit > seg_size {
             // A well-formed writer never fills the reserved last unit.
-            return Err(corrupt(format!("log block overruns segment {}", seg.0)));
+            let why = format!("log block overruns segment {}", seg.0);
+            match lenient.as_deref_mut() {
+                Some(f) => {
+                    f.push(Finding::new(
+                        "log-damaged",
+                        format!("{why}: the log ends there"),
+                        true,
+                    ));
+                    break why;
+                }
+                None => return Err(corrupt(why)),
+            }
         }
     };
     stats.discarded_blocks = group_blocks;
@@ -287,12 +376,46 @@ pub fn replay(
     };
     // Segments reached only by the discarded tail are not part of the log.
     segments.truncate(m.nsegs);
-    for s in &segments {
-        if !alloc.claim(*s) {
-            return Err(corrupt(format!(
-                "log segment {} is also owned by a blob or repeated",
-                s.0
-            )));
+    let mut duplicates = Vec::new();
+    match lenient {
+        None => {
+            for s in &segments {
+                if !alloc.claim(*s) {
+                    return Err(corrupt(format!(
+                        "log segment {} is also owned by a blob or repeated",
+                        s.0
+                    )));
+                }
+            }
+        }
+        Some(f) => {
+            // Ownership from the final state: the log first, then blobs in id order; every
+            // later claim of a taken cluster is a duplicate.
+            alloc = Allocator::new(sb.cluster_count);
+            for s in &segments {
+                alloc.claim(*s);
+            }
+            for (id, e) in &table.blobs {
+                let m = e.meta.read();
+                for (i, c) in m.clusters.iter().enumerate() {
+                    if c.is_some() && !alloc.claim(*c) {
+                        let what = if segments.contains(c) {
+                            "the metadata log"
+                        } else {
+                            "another blob"
+                        };
+                        f.push(Finding::new(
+                            "cluster-owned-twice",
+                            format!("{c} at index {i} of blob {id} is also used by {what}"),
+                            true,
+                        ));
+                        duplicates.push((*id, i as u64, *c));
+                    }
+                }
+            }
+            if let Some(w) = damage_after_tail(&buf, off, sb.log_epoch, seq, unit) {
+                f.push(Finding::new("log-damaged", w, true));
+            }
         }
     }
     let journal = Journal {
@@ -315,7 +438,117 @@ pub fn replay(
         stats,
         tail,
         groups,
+        duplicates,
     })
+}
+
+/// Looks past the end of the log for committed groups cut off by damage: a block of this
+/// epoch ending a group, followed by its valid successor. A torn last commit never has
+/// one (nothing is written after an unacknowledged commit), so this means lost commits.
+fn damage_after_tail(
+    buf: &[u8],
+    tail: u64,
+    epoch: u64,
+    tail_seq: u64,
+    unit: u64,
+) -> Option<String> {
+    let mut off = tail + unit;
+    while off + (BLOCK_HEADER as u64) <= buf.len() as u64 {
+        let b = &buf[off as usize..];
+        if b[0..4] == crate::format::block::BLOCK_MAGIC {
+            let seq = crate::format::codec::le64(b, 16);
+            let prev = crate::format::codec::le32(b, 24);
+            if seq > tail_seq && seq < tail_seq + (1 << 32) {
+                if let Ok((h, p, crc)) = decode_block(b, epoch, seq, prev) {
+                    if !h.continues() {
+                        let next = off + BlockHeader::padded_len(p.len(), unit as usize) as u64;
+                        if let Some(nb) = buf.get(next as usize..) {
+                            if decode_block(nb, epoch, seq + 1, crc).is_ok() {
+                                return Some(format!(
+                                    "the log breaks off at byte {tail} of its last segment, \
+                                     but committed blocks follow (sequence {seq} at byte {off}): \
+                                     changes after the damage are lost"
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        off += unit;
+    }
+    None
+}
+
+/// `apply_group` for fsck: applies what it can and reports the rest.
+fn apply_group_lenient(
+    table: &mut Table,
+    records: &[Record],
+    first_group: bool,
+    block: u64,
+    f: &mut Vec<Finding>,
+) -> Result<()> {
+    let body = if first_group {
+        match (records.first(), records.last()) {
+            (
+                Some(Record::SnapshotBegin {
+                    next_blob_id,
+                    blob_count,
+                }),
+                Some(Record::SnapshotEnd { blob_count: end }),
+            ) if records.len() >= 2 => {
+                if blob_count != end {
+                    f.push(Finding::new(
+                        "checkpoint-damaged",
+                        "snapshot blob counts disagree",
+                        true,
+                    ));
+                }
+                table.next_blob_id = (*next_blob_id).clamp(1, crate::meta::MAX_BLOB_ID);
+                &records[1..records.len() - 1]
+            }
+            _ => return Err(corrupt("log does not start with a complete snapshot")),
+        }
+    } else {
+        records
+    };
+    for r in body {
+        let mut r = r.clone();
+        if let Record::CreateBlob { id, flags } | Record::SetFlags { id, flags } = &mut r {
+            let unknown = *flags & !crate::meta::KNOWN_FLAGS;
+            if unknown != 0 {
+                f.push(Finding::new(
+                    "unknown-flags",
+                    format!("blob {id} has unknown flags {unknown:#x} (cleared by a repair)"),
+                    true,
+                ));
+                *flags &= crate::meta::KNOWN_FLAGS;
+            }
+        }
+        let mut fx = Effects::default();
+        if let Err(e) = table.apply(&r, &mut fx) {
+            f.push(Finding::new(
+                "invalid-record",
+                format!("group ending at block {block}: {r:?}: {e} (skipped)"),
+                true,
+            ));
+        }
+    }
+    if first_group {
+        let max = table.blobs.keys().map(|id| id.0).max().unwrap_or(0);
+        if table.next_blob_id <= max {
+            f.push(Finding::new(
+                "checkpoint-damaged",
+                format!(
+                    "next blob id {} is not above blob {max}",
+                    table.next_blob_id
+                ),
+                true,
+            ));
+            table.next_blob_id = max + 1;
+        }
+    }
+    Ok(())
 }
 
 /// Applies one decoded group during replay, checking snapshot framing and cluster

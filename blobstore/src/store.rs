@@ -417,6 +417,18 @@ impl Blobstore {
             )));
         }
         let r = recovery::replay(qp.as_mut(), dev.as_ref(), &sb, false)?;
+        Blobstore::from_replayed(dev, opts, qp, r)
+    }
+
+    /// Builds a store from a replay (the state of the log `r.sb` points at). `open` uses it
+    /// after a strict replay; fsck after a lenient one it repaired.
+    pub fn from_replayed(
+        dev: Arc<dyn Device>,
+        opts: OpenOptions,
+        qp: Box<dyn QueuePair>,
+        r: recovery::Replayed,
+    ) -> Result<Blobstore> {
+        let sb = r.sb.clone();
         let geom = dev.geometry();
         let cluster_size = u64::from(sb.cluster_size);
         let checkpoint_bytes = opts.checkpoint_bytes.unwrap_or_else(|| {
@@ -673,6 +685,20 @@ impl Blobstore {
             self.sync()?;
         }
         Ok(())
+    }
+
+    /// Commits `records` to the log exactly as given, without applying them in memory or
+    /// checking them: a way for tests and fsck's damage corpus to make images with
+    /// impossible metadata (a cluster owned twice, unknown flags...). The handle should be
+    /// dropped afterwards: its memory no longer matches the device.
+    #[doc(hidden)]
+    pub fn debug_inject_records(&self, records: Vec<crate::format::record::Record>) -> Result<()> {
+        {
+            let mut st = self.inner.state.lock();
+            st.pending.extend(records);
+            st.op_seq += 1;
+        }
+        self.inner.sync()
     }
 
     /// Waits until the background checkpointer has nothing queued or running.
