@@ -354,6 +354,40 @@ fn same_unit(c: &[u8], r: &std::ops::Range<usize>, unit: &[u8]) -> bool {
         .all(|(i, b)| c.get(r.start + i).copied().unwrap_or(0) == *b)
 }
 
+/// What `blobfs fsck -n` would report as errors for an image (store and filesystem).
+fn fsck(img: &MemDevice) -> Vec<String> {
+    let dev: Arc<dyn driver::Device> = Arc::new(img.clone());
+    let c = match blobstore::fsck::check_store(&dev) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("check_store: {e}")],
+    };
+    let mut errs: Vec<String> = c
+        .findings
+        .iter()
+        .map(|f| format!("{}: {}", f.kind, f.detail))
+        .collect();
+    let Some(r) = c.replayed else {
+        errs.push(format!("no state: {:?}", c.fatal));
+        return errs;
+    };
+    let qp = dev.open_qpair(8).unwrap();
+    let store = blobstore::Blobstore::from_replayed(
+        Arc::clone(&dev),
+        OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+        qp,
+        r,
+    )
+    .unwrap();
+    match blobfs::check_fs(&store) {
+        Ok(fc) => errs.extend(fc.problems),
+        Err(e) => errs.push(format!("check_fs: {e}")),
+    }
+    errs
+}
+
 struct Profile {
     name: &'static str,
     steps: usize,
@@ -443,6 +477,17 @@ fn sweep(p: &Profile, min_points: u64) -> Tally {
                 [CutPolicy::DropAll, CutPolicy::KeepAll, CutPolicy::Random][(n % 3) as usize];
             let mut crng = StdRng::seed_from_u64(seed * 7919 + n);
             let img = mem.power_cut(policy, &mut crng);
+            // fsck -n on the crashed image, before a mount tidies anything: no errors
+            // (notes, such as orphans a mount deletes, are normal).
+            let fsck_errors = fsck(&img);
+            if !fsck_errors.is_empty() {
+                tally.inconsistent += 1;
+                eprintln!(
+                    "{}: seed {seed} cut {n} ({policy:?}): fsck: {fsck_errors:?}",
+                    p.name
+                );
+                continue;
+            }
             let fs = match FileSystem::open(Arc::new(img), fs_opts(p)) {
                 Ok(f) => f,
                 Err(e) => {

@@ -32,9 +32,9 @@ pub struct StoreCheck {
 }
 
 impl StoreCheck {
-    /// Whether anything is wrong.
+    /// Whether anything is wrong (notes do not count).
     pub fn is_clean(&self) -> bool {
-        self.findings.is_empty() && self.fatal.is_none()
+        self.findings.iter().all(|f| f.note) && self.fatal.is_none()
     }
 
     /// Whether every finding can be repaired.
@@ -42,9 +42,15 @@ impl StoreCheck {
         self.fatal.is_none() && self.findings.iter().all(|f| f.repairable)
     }
 
-    /// Whether a repair must rewrite the store (some finding is at this level).
+    /// Whether a repair must rewrite the store (some finding is at this level, notes
+    /// included).
     pub fn needs_repair(&self) -> bool {
         !self.findings.is_empty()
+    }
+
+    /// Errors (findings that are not notes).
+    pub fn errors(&self) -> usize {
+        self.findings.iter().filter(|f| !f.note).count()
     }
 }
 
@@ -135,13 +141,15 @@ pub fn check_store(dev: &Arc<dyn Device>) -> Result<StoreCheck> {
     }
     // The other copy: absent only right after mkfs (generation 1 lives in copy 1).
     let other = 1 - slot;
+    // The active copy is valid, so the other is only a fallback. A torn write (the power
+    // failed during a checkpoint) damages it just like decay would: a note, which the next
+    // checkpoint (or fsck -y) rewrites. A copy from another store is an error.
     match &decoded[other] {
         Ok(o) => {
             if let Err(e) = o.validate() {
-                findings.push(Finding::new(
+                findings.push(Finding::note(
                     "superblock-copy-bad",
-                    format!("superblock copy {other}: {e}"),
-                    true,
+                    format!("the other superblock copy ({other}) is invalid: {e}"),
                 ));
             } else if o.uuid != sb.uuid {
                 findings.push(Finding::new(
@@ -152,10 +160,12 @@ pub fn check_store(dev: &Arc<dyn Device>) -> Result<StoreCheck> {
             }
         }
         Err(Error::NotABlobstore(_)) if sb.generation == 1 => {}
-        Err(e) => findings.push(Finding::new(
+        Err(e) => findings.push(Finding::note(
             "superblock-copy-bad",
-            format!("superblock copy {other}: {e}"),
-            true,
+            format!(
+                "the other superblock copy ({other}) is damaged, as a power failure while it \
+                 was written leaves it: {e}"
+            ),
         )),
     }
     if let Err(e) = recovery::check_device(&sb, dev.as_ref()) {

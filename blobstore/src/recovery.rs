@@ -177,6 +177,9 @@ pub struct Finding {
     pub detail: String,
     /// Whether a repair can fix it without guessing (fsck -y).
     pub repairable: bool,
+    /// Normal after a crash (not an error): e.g. the superblock copy that was being written
+    /// when the power failed.
+    pub note: bool,
 }
 
 impl Finding {
@@ -185,6 +188,17 @@ impl Finding {
             kind,
             detail: detail.into(),
             repairable,
+            note: false,
+        }
+    }
+
+    /// A finding that is normal after a crash.
+    pub fn note(kind: &'static str, detail: impl Into<String>) -> Finding {
+        Finding {
+            kind,
+            detail: detail.into(),
+            repairable: true,
+            note: true,
         }
     }
 }

@@ -17,6 +17,7 @@ mod support;
 use blobstore::{BlobOptions, Blobstore, Error, FormatOptions, OpenOptions, XattrNs};
 use driver::fault::{CountMode, FaultDevice, FaultPlan};
 use driver::mem::{CutPolicy, MemDevice, MemOptions};
+use driver::Device;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -531,6 +532,20 @@ fn sweep(p: &Profile, seeds: std::ops::Range<u64>, min_points: u64) -> Tally {
             let mut crng = StdRng::seed_from_u64(seed * 1_000_003 + n);
             let img = mem.power_cut(policy, &mut crng);
             tally.points += 1;
+            // fsck (read-only) on the crashed image, before anything opens it: clean.
+            match blobstore::fsck::check_store(&(Arc::new(img.clone()) as Arc<dyn Device>)) {
+                Ok(c) if c.is_clean() => {}
+                Ok(c) => {
+                    tally.inconsistent += 1;
+                    eprintln!("{}: seed {seed} cut {n}: fsck: {:?}", p.name, c.findings);
+                    continue;
+                }
+                Err(e) => {
+                    tally.inconsistent += 1;
+                    eprintln!("{}: seed {seed} cut {n}: fsck failed: {e}", p.name);
+                    continue;
+                }
+            }
             let store = match Blobstore::open(Arc::new(img), s.opts.clone()) {
                 Ok(st) => st,
                 Err(e) => {
