@@ -422,15 +422,17 @@ impl IoChannel {
         let lba = self.lba_of(cluster, p.within);
         // Outstanding is bumped by submit_part; the guard keeps the request alive.
         self.submit_part(slot, part, Op::Write { lba, buf: view }, dtag);
+        // The rest of the cluster must read zeroes: Deallocate guarantees that (driver
+        // rule 4) and keeps image files sparse, where WriteZeroes would reserve the space.
         if p.within > 0 {
-            self.submit_internal(Op::WriteZeroes {
+            self.submit_internal(Op::Deallocate {
                 lba: self.lba_of(cluster, 0),
                 count: p.within / unit,
             });
         }
         let end = p.within + p.len;
         if end < cs {
-            self.submit_internal(Op::WriteZeroes {
+            self.submit_internal(Op::Deallocate {
                 lba: self.lba_of(cluster, end),
                 count: (cs - end) / unit,
             });
