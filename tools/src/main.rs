@@ -3,13 +3,20 @@
 //! Also answers to `mount.fuse.blobfs` (the helper mount(8) runs for `-t fuse.blobfs` and
 //! fstab lines) and `mkfs.blobfs` (`blobfs mkfs`) when started under those names.
 
+mod cp;
 mod demo;
 mod device;
+mod df;
+mod dump;
+mod fsck;
 mod human;
 mod info;
 mod logger;
+mod ls;
 mod mkfs;
 mod mount;
+mod offline;
+mod tree;
 
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
@@ -111,6 +118,107 @@ enum Command {
             is given; then it is detached at once and closed when the last user lets go."
     )]
     Umount(mount::UmountArgs),
+    /// Check the store and the filesystem on PATH offline; -y repairs what is safe.
+    #[command(
+        long_about = "Check the blobstore on PATH and the BlobFS filesystem in it, without \
+            mounting: both superblock copies and feature words, the checkpoint and the \
+            metadata log (CRCs, sequence, damage that cut committed changes off), clusters \
+            owned twice, unknown blob flags, records that do not apply; then the \
+            filesystem: dangling or duplicate directory entries, entry types, link counts, \
+            directory parents, sizes beyond the allocated space, unreachable inodes, blobs \
+            that are not part of the filesystem (leaked clusters), orphan records.\n\n\
+            -n (the default) changes nothing. -y repairs what can be repaired without \
+            guessing file contents: clusters owned twice are copied so each owner keeps its \
+            bytes, dangling entries are removed, counts and parents are set to what the tree \
+            says, unreachable inodes go to /lost+found, leaked blobs are deleted; the store \
+            is rewritten as a fresh checkpoint. A damaged checkpoint or unknown incompatible \
+            features are left alone (the image is not touched).\n\n\
+            Exit codes as fsck(8): 0 no errors, 1 errors corrected, 4 errors left \
+            uncorrected, 8 operational error. Also installed as fsck.blobfs (-a and -p mean \
+            -y there).",
+        after_help = PATH_FORMS
+    )]
+    Fsck(fsck::Args),
+    /// Print the metadata of an unmounted image as JSON (superblocks, checkpoint, log,
+    /// blobs, directory tree).
+    #[command(
+        long_about = "Print everything the metadata of an unmounted image says, as JSON: \
+            both superblock copies (decoded, which one is in force, why the other is not), \
+            the checkpoint and every group of the metadata log with its records (xattr \
+            names as strings, or hex; BlobFS inode records and directory entries decoded), \
+            the replay figures and where and why the log ends, every blob (flags, clusters, \
+            cluster runs, xattrs), and for a BlobFS filesystem the directory tree, orphans \
+            and unreachable blobs.\n\n\
+            A damaged image is dumped as far as it can be read: what is wrong is listed \
+            under \"errors\", and the exit code is 0 whenever the JSON was written. If the \
+            log replay fails, the log is read again as fsck does (records that do not apply \
+            are skipped), or, without a usable checkpoint, block by block; \
+            \"log\".\"complete\" is then false and \"log\".\"read_by\" says how. The \
+            image is opened read-only and locked shared: a mounted image is refused."
+    )]
+    Dump(dump::Args),
+    /// Show size, used and available space and inode counts of an unmounted image.
+    #[command(
+        long_about = "Show the size, used and available space (free space minus what is \
+            kept free for the metadata log and the next checkpoint), use% and the number of \
+            inodes (blobs) of an unmounted image, like df(1); for BlobFS also the numbers \
+            of files, directories, symlinks, other inodes and orphans. Read-only."
+    )]
+    Df(df::Args),
+    /// List a directory of an unmounted BlobFS image, like ls(1).
+    #[command(
+        long_about = "List PATH (default /) in the BlobFS filesystem on an unmounted image, \
+            like ls(1), one name per line in byte order. -l shows mode, links, owner, \
+            group, size, mtime (local time) and name, with `-> target` for symlinks; -R \
+            lists subdirectories too. Read-only; exit code 1 if something could not be \
+            listed (each problem is reported on stderr)."
+    )]
+    Ls(ls::LsArgs),
+    /// Show every attribute of a path in an unmounted BlobFS image.
+    #[command(
+        long_about = "Show every inode field of PATH in the BlobFS filesystem on an \
+            unmounted image: type, inode (= blob id), links, size, blocks, mode, owner, \
+            group, device numbers, parent (directories), symlink target, all four times \
+            and xattrs. Read-only."
+    )]
+    Stat(ls::StatArgs),
+    /// Copy files and trees between an unmounted BlobFS image and the host.
+    #[command(after_help = cp::CP_HELP)]
+    Cp(cp::CpArgs),
+    /// Write a tree of an unmounted BlobFS image to a tar archive or a host directory.
+    #[command(
+        long_about = "Write PATH (default /, the whole filesystem) of the BlobFS \
+            filesystem on an unmounted image to OUT: a tar file, `-` for standard output, \
+            or a directory (one that exists, or a path ending in /), whose contents become \
+            those of PATH.\n\n\
+            The archive is GNU tar format with entries named `.`, `a`, `a/b`... (like \
+            `tar -C PATH -c .`), and keeps types, permission bits, numeric owners, mtimes \
+            (nanoseconds in PAX records), symlinks, hard links (link entries), device \
+            nodes, fifos and all xattrs (PAX SCHILY.xattr.* records, as GNU tar \
+            --xattrs writes them). Sockets cannot be stored and are left out with a \
+            warning. To a directory, the same is kept as `blobfs cp -r` keeps it.\n\n\
+            An existing tar file, or existing files in the output directory, are only \
+            replaced with --force. A progress bar is drawn on stderr when it is a \
+            terminal."
+    )]
+    Export(cp::ExportArgs),
+    /// Read a tar archive or a host directory into an unmounted BlobFS image.
+    #[command(
+        long_about = "Read IN into the directory --to PATH (default /; created if \
+            missing) of the BlobFS filesystem on an unmounted image: IN is a tar file, `-` \
+            for standard input, or a host directory whose contents are imported.\n\n\
+            From tar: regular files, directories, symlinks, hard links (recreated as hard \
+            links), device nodes and fifos, with permission bits, numeric owners, mtimes \
+            (PAX nanoseconds when present), and xattrs from PAX SCHILY.xattr.* records. \
+            Paths with `..` are refused; parents an archive does not list are created \
+            (0755). The root entry `.` sets the attributes of PATH. From a directory: as \
+            `blobfs cp -r DIR/. IMAGE:PATH`.\n\n\
+            Existing directories are merged into; existing files are only replaced with \
+            --force. At the end everything is written back, committed and checkpointed; \
+            after an error, what was imported so far is kept. A progress bar is drawn on \
+            stderr when it is a terminal."
+    )]
+    Import(cp::ImportArgs),
 }
 
 /// The name this program was started under (its argv[0] without directories).
@@ -134,6 +242,9 @@ fn main() -> ExitCode {
         "mkfs.blobfs" => {
             argv.splice(0..1.min(argv.len()), ["blobfs".into(), "mkfs".into()]);
         }
+        "fsck.blobfs" => {
+            argv.splice(0..1.min(argv.len()), ["blobfs".into(), "fsck".into()]);
+        }
         _ => {}
     }
     let cli = match Cli::try_parse_from(argv) {
@@ -151,12 +262,26 @@ fn main() -> ExitCode {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if let Command::Fsck(a) = &cli.command {
+        // fsck has its own exit codes (fsck(8)).
+        let code = fsck::main(a, &mut out);
+        let _ = out.flush();
+        return code;
+    }
     let res = match cli.command {
         Command::Mkfs(a) => mkfs::run(&a, &mut out),
         Command::Info(a) => info::run(&a, &mut out),
         Command::Demo(a) => demo::run(&a, &mut out),
         Command::Mount(a) => mount::run(&a, &mut out),
         Command::Umount(a) => mount::umount(&a, &mut out),
+        Command::Dump(a) => dump::run(&a, &mut out),
+        Command::Df(a) => df::run(&a, &mut out),
+        Command::Ls(a) => ls::ls(&a, &mut out),
+        Command::Stat(a) => ls::stat(&a, &mut out),
+        Command::Cp(a) => cp::cp(&a, &mut out),
+        Command::Export(a) => cp::export(&a, &mut out),
+        Command::Import(a) => cp::import(&a, &mut out),
+        Command::Fsck(_) => Ok(()),
     }
     .and_then(|()| out.flush().map_err(anyhow::Error::from));
     finish(res)
