@@ -6,7 +6,8 @@
 #   make test       install what is missing, then fmt check, clippy, and the whole test suite
 #   make build      build the workspace (release)
 #   make install    install blobfs to $(PREFIX)/sbin (PREFIX=/usr/local) and the helpers
-#                   mount.fuse.blobfs and mkfs.blobfs to /sbin, for mount(8) and fstab
+#                   mount.fuse.blobfs, mkfs.blobfs and fsck.blobfs to /sbin, for mount(8),
+#                   mkfs(8), fsck(8) and fstab
 #   make uninstall  remove what make install put there
 #   make deps       install the Debian packages the build and tests need (idempotent)
 #   make clean      remove build output and the image
@@ -96,10 +97,12 @@ install: build
 	install -d "$(DESTDIR)$(HELPERDIR)"
 	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs"
 	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs"
-	@echo "installed $(SBINDIR)/blobfs, $(HELPERDIR)/mount.fuse.blobfs and $(HELPERDIR)/mkfs.blobfs"
+	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/fsck.blobfs"
+	@echo "installed $(SBINDIR)/blobfs, $(HELPERDIR)/mount.fuse.blobfs, $(HELPERDIR)/mkfs.blobfs and $(HELPERDIR)/fsck.blobfs"
 
 uninstall:
 	rm -f "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs" \
+		"$(DESTDIR)$(HELPERDIR)/fsck.blobfs" \
 		"$(DESTDIR)$(SBINDIR)/blobfs"
 
 deps: toolcheck
