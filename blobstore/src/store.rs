@@ -934,41 +934,46 @@ impl Inner {
                 self.cv.wait(&mut ctl);
                 continue;
             }
-            ctl.leader = true;
             drop(ctl);
-            let res = self.lead_commit(false);
-            let mut ctl = self.ctl.lock();
-            ctl.leader = false;
-            if let Ok((seq, w)) = res {
-                ctl.durable_seq = ctl.durable_seq.max(seq);
-                ctl.flushed_writes = ctl.flushed_writes.max(w);
+            // Someone may have become leader meanwhile: then we wait for them next round.
+            if let Some(res) = self.try_lead(false) {
+                res?;
             }
-            self.cv.notify_all();
-            drop(ctl);
-            res?;
         }
     }
 
     /// Runs one commit now (as leader), optionally forcing a checkpoint.
     fn commit_now(&self, checkpoint: bool) -> Result<()> {
         loop {
+            if let Some(res) = self.try_lead(checkpoint) {
+                return res;
+            }
             let mut ctl = self.ctl.lock();
             if ctl.leader {
                 self.cv.wait(&mut ctl);
-                continue;
+            }
+        }
+    }
+
+    /// Becomes the commit leader if nobody is, runs one commit and publishes what became
+    /// durable; `None` if another thread leads.
+    fn try_lead(&self, checkpoint: bool) -> Option<Result<()>> {
+        {
+            let mut ctl = self.ctl.lock();
+            if ctl.leader {
+                return None;
             }
             ctl.leader = true;
-            drop(ctl);
-            let res = self.lead_commit(checkpoint);
-            let mut ctl = self.ctl.lock();
-            ctl.leader = false;
-            if let Ok((seq, w)) = res {
-                ctl.durable_seq = ctl.durable_seq.max(seq);
-                ctl.flushed_writes = ctl.flushed_writes.max(w);
-            }
-            self.cv.notify_all();
-            return res.map(|_| ());
         }
+        let res = self.lead_commit(checkpoint);
+        let mut ctl = self.ctl.lock();
+        ctl.leader = false;
+        if let Ok((seq, w)) = res {
+            ctl.durable_seq = ctl.durable_seq.max(seq);
+            ctl.flushed_writes = ctl.flushed_writes.max(w);
+        }
+        self.cv.notify_all();
+        Some(res.map(|_| ()))
     }
 
     /// The leader's work. Returns the op sequence and data-write count now durable.
