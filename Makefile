@@ -5,9 +5,11 @@
 #   make demo       build, then walk through the blob API on ./blobfs.img (blobfs demo)
 #   make test       install what is missing, then fmt check, clippy, and the whole test suite
 #   make build      build the workspace (release)
+#   make rocksdb    build target/release/libblobfs_rocksdb.so, the RocksDB FileSystem on BlobFS
+#                   for LD_PRELOAD into db_bench/ldb/sst_dump (`blobfs rocksdb-env IMAGE` says how)
 #   make install    install blobfs to $(PREFIX)/sbin (PREFIX=/usr/local) and the helpers
 #                   mount.fuse.blobfs, mkfs.blobfs and fsck.blobfs to /sbin, for mount(8),
-#                   mkfs(8), fsck(8) and fstab
+#                   mkfs(8), fsck(8) and fstab; libblobfs_rocksdb.so to $(PREFIX)/lib
 #   make uninstall  remove what make install put there
 #   make deps       install the Debian packages the build and tests need (idempotent)
 #   make clean      remove build output and the image
@@ -33,26 +35,34 @@ BLOBFS := target/release/blobfs
 # $(HELPERDIR), which must be /sbin for mount(8) to find mount.fuse.blobfs.
 PREFIX ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
+LIBDIR ?= $(PREFIX)/lib
+ROCKSDB_LIB := target/release/libblobfs_rocksdb.so
 HELPERDIR ?= /sbin
 DESTDIR ?=
 
 # Debian packages the build and tests need, installed by `make deps` when `dpkg -s` says
 # they are missing: fuse3 for fusermount3 (unmounting and mounting as non-root; the mount
-# itself is pure Rust, no libfuse). Later parts add theirs (e.g. librocksdb-dev).
-APT_PACKAGES := fuse3
+# itself is pure Rust, no libfuse). RocksDB on BlobFS (rocksdb/): librocksdb-dev (headers and
+# the shared library the C++ shim links), g++ (the shim), rocksdb-tools (db_bench, ldb,
+# sst_dump: the tests run them), libclang-dev (bindgen, for the `rocksdb` crate).
+APT_PACKAGES := fuse3 librocksdb-dev rocksdb-tools libclang-dev g++
 
 # Root installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help build run demo image install uninstall test deps toolcheck clean
+.PHONY: help build rocksdb run demo image install uninstall test deps toolcheck clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 build:
 	$(CARGO) build --workspace --release
+
+rocksdb:
+	$(CARGO) build --release -p blobfs-rocksdb
+	@echo "built $(ROCKSDB_LIB); run the stock tools with it: $(BLOBFS) rocksdb-env IMAGE"
 
 # The image: a BlobFS filesystem. An empty bare blobstore left by an earlier `make run`
 # (which only ran the demo) is made a filesystem; anything else is left alone.
@@ -98,12 +108,15 @@ install: build
 	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs"
 	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs"
 	ln -sf "$(SBINDIR)/blobfs" "$(DESTDIR)$(HELPERDIR)/fsck.blobfs"
+	install -D -m 644 $(ROCKSDB_LIB) "$(DESTDIR)$(LIBDIR)/libblobfs_rocksdb.so"
 	@echo "installed $(SBINDIR)/blobfs, $(HELPERDIR)/mount.fuse.blobfs, $(HELPERDIR)/mkfs.blobfs and $(HELPERDIR)/fsck.blobfs"
+	@echo "installed $(LIBDIR)/libblobfs_rocksdb.so (LD_PRELOAD it into db_bench, ldb, sst_dump: blobfs rocksdb-env IMAGE)"
 
 uninstall:
 	rm -f "$(DESTDIR)$(HELPERDIR)/mount.fuse.blobfs" "$(DESTDIR)$(HELPERDIR)/mkfs.blobfs" \
 		"$(DESTDIR)$(HELPERDIR)/fsck.blobfs" \
-		"$(DESTDIR)$(SBINDIR)/blobfs"
+		"$(DESTDIR)$(SBINDIR)/blobfs" \
+		"$(DESTDIR)$(LIBDIR)/libblobfs_rocksdb.so"
 
 deps: toolcheck
 	@missing=""; \

@@ -16,6 +16,7 @@ mod ls;
 mod mkfs;
 mod mount;
 mod offline;
+mod rocksdb_env;
 mod tree;
 
 use clap::{Parser, Subcommand};
@@ -219,6 +220,17 @@ enum Command {
             stderr when it is a terminal."
     )]
     Import(cp::ImportArgs),
+    /// Print the LD_PRELOAD line that runs the stock RocksDB tools on a BlobFS image.
+    #[command(
+        long_about = "Print how to run the stock RocksDB tools (db_bench, ldb, sst_dump) on \
+            the BlobFS image IMAGE: the first line is LD_PRELOAD=/abs/path/libblobfs_rocksdb.so \
+            (the RocksDB FileSystem on BlobFS, registered for blobfs:// URIs), then example \
+            commands with --fs_uri=blobfs://IMAGE as comments.\n\n\
+            The library is looked for next to this binary (the same cargo target directory), \
+            in ../lib from it, then in /usr/local/lib; `make rocksdb` builds it and `make \
+            install` installs it."
+    )]
+    RocksdbEnv(rocksdb_env::Args),
 }
 
 /// The name this program was started under (its argv[0] without directories).
@@ -281,6 +293,7 @@ fn main() -> ExitCode {
         Command::Cp(a) => cp::cp(&a, &mut out),
         Command::Export(a) => cp::export(&a, &mut out),
         Command::Import(a) => cp::import(&a, &mut out),
+        Command::RocksdbEnv(a) => rocksdb_env::run(&a, &mut out),
         Command::Fsck(_) => Ok(()),
     }
     .and_then(|()| out.flush().map_err(anyhow::Error::from));
