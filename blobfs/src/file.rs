@@ -8,6 +8,7 @@
 //! And the inode record (with the size) is only queued for commit after the data it covers
 //! was written back, so the commit's flush makes that data durable before the size.
 
+use crate::cache::Page;
 use crate::error::{Error, Result};
 use crate::fs::{Inner, Inode, InodeState, PAGE};
 use crate::inode::{Kind, Time, KEY_INODE};
@@ -81,6 +82,8 @@ impl Inner {
         if from >= to {
             return Ok(());
         }
+        st.cache_gen = self.cache.new_generation();
+        st.data_version += 1;
         // The partial page at `from`: cleared in the cache (and written back later).
         if !from.is_multiple_of(PAGE) {
             let idx = from / PAGE;
@@ -121,7 +124,10 @@ impl Inner {
         if st.unlinked && inode.pins.load(Ordering::SeqCst) == 0 {
             return Err(Error::NotFound);
         }
-        st.ra = None;
+        st.data_version += 1;
+        for idx in offset / PAGE..=(end - 1) / PAGE {
+            self.cache.remove(inode.ino, st.cache_gen, idx);
+        }
         let size = st.attr.size;
         if offset > size {
             self.zero_gap(inode, &mut st, size, offset)?;
@@ -212,8 +218,6 @@ impl Inner {
         res?;
         let n = st.pages.len() as u64 * PAGE;
         st.pages.clear();
-        // The read-ahead buffer may predate these pages.
-        st.ra = None;
         let _ = self
             .dirty_bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
@@ -233,7 +237,9 @@ impl Inner {
             return Err(Error::FileTooBig);
         }
         let old = st.attr.size;
-        st.ra = None;
+        // Every cached page of the file goes: a new generation.
+        st.cache_gen = self.cache.new_generation();
+        st.data_version += 1;
         if size < old {
             // Drop cached pages past the end; clear the tail of the last cached page.
             let keep = size.div_ceil(PAGE);
@@ -281,24 +287,30 @@ impl Inner {
         Ok(())
     }
 
+    /// Reads up to `len` bytes at `offset`: dirty pages first, then the clean-page cache,
+    /// then the device (without holding the inode's lock, so reads of one file run in
+    /// parallel), with read-ahead into the cache for sequential reads.
     pub(crate) fn read(&self, inode: &Inode, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut st = inode.st.lock();
-        match st.attr.kind() {
-            Kind::File => {}
-            Kind::Dir => return Err(Error::IsDir),
-            _ => return Err(Error::Invalid("read of a special file".into())),
-        }
-        let size = st.attr.size;
-        if offset >= size || len == 0 {
-            return Ok(Vec::new());
-        }
-        let end = (offset + len as u64).min(size);
-        let mut out = vec![0u8; (end - offset) as usize];
-        let covered = st
-            .ra
-            .as_ref()
-            .is_some_and(|(o, b)| *o <= offset && end <= *o + b.len() as u64);
-        if !covered {
+        let ino = inode.ino;
+        // Under the lock: the size, the dirty pages, and what to fetch.
+        let (size, end, gen, version, mut pages, ra_pages) = {
+            let mut st = inode.st.lock();
+            match st.attr.kind() {
+                Kind::File => {}
+                Kind::Dir => return Err(Error::IsDir),
+                _ => return Err(Error::Invalid("read of a special file".into())),
+            }
+            let size = st.attr.size;
+            if offset >= size || len == 0 {
+                return Ok(Vec::new());
+            }
+            let end = (offset + len as u64).min(size);
+            let first = offset / PAGE;
+            let last = (end - 1) / PAGE;
+            let mut pages: Vec<Option<Page>> = Vec::with_capacity((last - first + 1) as usize);
+            for idx in first..=last {
+                pages.push(st.pages.get(&idx).map(|p| Page::from(&p[..])));
+            }
             // Sequential reads grow a read-ahead window; random ones read what they need.
             let sequential = offset == st.ra_next && offset != 0;
             st.ra_window = if sequential {
@@ -306,42 +318,131 @@ impl Inner {
             } else {
                 0
             };
-            let unit = self.unit;
-            let start = offset / unit * unit;
-            let want = (end - start).max(st.ra_window);
-            let limit = size.div_ceil(unit) * unit;
-            let stop = (start + want).div_ceil(unit) * unit;
-            let stop = stop.min(limit).min(inode.blob.size()).max(start);
-            let mut data = vec![0u8; (stop - start) as usize];
-            if stop > start {
-                let buf = self.with_channel(|ch| {
-                    Ok(inode
-                        .blob
-                        .read_buf(ch, start, DmaBuf::zeroed((stop - start) as usize))?)
-                })?;
-                data.copy_from_slice(buf.as_slice());
-            }
-            // Never show bytes past the end of the file.
-            let valid = (size - start).min(data.len() as u64) as usize;
-            data[valid..].fill(0);
-            st.ra = Some((start, data));
-        }
-        if let Some((o, b)) = &st.ra {
-            let a = (offset - o) as usize;
-            let n = out.len().min(b.len().saturating_sub(a));
-            out[..n].copy_from_slice(&b[a..a + n]);
-        }
-        // Dirty pages are newer than the device.
+            st.ra_next = end;
+            let ra_last = ((end + st.ra_window).min(size).saturating_sub(1)) / PAGE;
+            let ra: Vec<u64> = (last + 1..=ra_last)
+                .filter(|i| !st.pages.contains_key(i))
+                .collect();
+            (size, end, st.cache_gen, st.data_version, pages, ra)
+        };
         let first = offset / PAGE;
-        let last = (end - 1) / PAGE;
-        for (idx, page) in st.pages.range(first..=last) {
-            let pstart = idx * PAGE;
+        // The cache.
+        let mut missing: Vec<u64> = Vec::new();
+        for (i, slot) in pages.iter_mut().enumerate() {
+            if slot.is_none() {
+                let idx = first + i as u64;
+                match self.cache.get(ino, gen, idx) {
+                    Some(p) => *slot = Some(p),
+                    None => missing.push(idx),
+                }
+            }
+        }
+        let ra_missing: Vec<u64> = ra_pages
+            .into_iter()
+            .filter(|i| self.cache.get(ino, gen, *i).is_none())
+            .collect();
+        // The device: runs of consecutive missing pages, one read each.
+        if !missing.is_empty() || !ra_missing.is_empty() {
+            let mut all: Vec<u64> = missing.clone();
+            all.extend_from_slice(&ra_missing);
+            let fetched = self.fetch_pages(inode, &all, size)?;
+            {
+                let st = inode.st.lock();
+                // Only if nothing changed the file meanwhile; never over a dirty page.
+                if st.data_version == version && st.cache_gen == gen {
+                    for (idx, p) in &fetched {
+                        if !st.pages.contains_key(idx) {
+                            self.cache.put(ino, gen, *idx, p.clone());
+                        }
+                    }
+                }
+            }
+            for (idx, p) in fetched {
+                if idx >= first && ((idx - first) as usize) < pages.len() {
+                    pages[(idx - first) as usize] = Some(p);
+                }
+            }
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (i, p) in pages.iter().enumerate() {
+            let Some(p) = p else {
+                continue;
+            };
+            let pstart = (first + i as u64) * PAGE;
             let a = pstart.max(offset);
             let b = (pstart + PAGE).min(end);
-            out[(a - offset) as usize..(b - offset) as usize]
-                .copy_from_slice(&page[(a - pstart) as usize..(b - pstart) as usize]);
+            let (pa, pb) = ((a - pstart) as usize, (b - pstart) as usize);
+            let pb = pb.min(p.len());
+            if pa < pb {
+                out[(a - offset) as usize..(a - offset) as usize + (pb - pa)]
+                    .copy_from_slice(&p[pa..pb]);
+            }
         }
-        st.ra_next = end;
+        Ok(out)
+    }
+
+    /// Reads whole pages from the device, in runs of consecutive pages; bytes past the end
+    /// of the file (`size`) are zeroed, pages past the blob are all zeroes.
+    fn fetch_pages(&self, inode: &Inode, idxs: &[u64], size: u64) -> Result<Vec<(u64, Page)>> {
+        let mut sorted = idxs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let blob_size = inode.blob.size();
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for idx in sorted {
+            match runs.last_mut() {
+                Some((s, n)) if *s + *n == idx && *n < RUN_PAGES => *n += 1,
+                _ => runs.push((idx, 1)),
+            }
+        }
+        let mut out = Vec::new();
+        self.with_channel(|ch| {
+            let mut pending = Vec::new();
+            for (tag, (s, n)) in runs.iter().enumerate() {
+                let off = s * PAGE;
+                if off >= blob_size {
+                    continue;
+                }
+                let len = (n * PAGE).min(blob_size - off);
+                if let Err((e, _)) =
+                    ch.submit_read(&inode.blob, off, DmaBuf::zeroed(len as usize), tag as u64)
+                {
+                    return Err(Error::from(e));
+                }
+                while ch.in_flight() >= 32 {
+                    ch.wait(&mut pending);
+                }
+            }
+            while ch.in_flight() > 0 {
+                ch.wait(&mut pending);
+            }
+            let mut got: Vec<Option<DmaBuf>> = (0..runs.len()).map(|_| None).collect();
+            for c in pending {
+                c.result.map_err(Error::from)?;
+                got[c.tag as usize] = Some(c.buf);
+            }
+            for (i, (s, n)) in runs.iter().enumerate() {
+                for k in 0..*n {
+                    let idx = s + k;
+                    let pstart = idx * PAGE;
+                    let mut page = vec![0u8; PAGE as usize];
+                    if let Some(buf) = &got[i] {
+                        let a = (k * PAGE) as usize;
+                        let b = (a + PAGE as usize).min(buf.len());
+                        if a < b {
+                            page[..b - a].copy_from_slice(&buf.as_slice()[a..b]);
+                        }
+                    }
+                    // Never show bytes past the end of the file.
+                    if pstart + PAGE > size {
+                        let valid = size.saturating_sub(pstart) as usize;
+                        page[valid.min(PAGE as usize)..].fill(0);
+                    }
+                    out.push((idx, Page::from(page)));
+                }
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 }

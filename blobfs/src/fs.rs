@@ -34,6 +34,9 @@ pub struct FsOptions {
     pub file_dirty_limit: u64,
     /// Largest read-ahead window for sequential reads.
     pub readahead_max: u64,
+    /// Clean file pages kept in memory (the device is read with O_DIRECT: there is no
+    /// kernel page cache under BlobFS).
+    pub cache_bytes: u64,
     /// Write back and commit everything this often in the background (`None`: never; data
     /// is then durable only on fsync, sync and unmount).
     pub sync_interval: Option<Duration>,
@@ -48,6 +51,7 @@ impl Default for FsOptions {
             dirty_limit: 256 << 20,
             file_dirty_limit: 16 << 20,
             readahead_max: 1 << 20,
+            cache_bytes: 256 << 20,
             sync_interval: Some(Duration::from_secs(5)),
             store: OpenOptions::default(),
         }
@@ -123,8 +127,13 @@ pub(crate) struct InodeState {
     pub attr_dirty: bool,
     /// Dirty pages of file data, by page index.
     pub pages: BTreeMap<u64, Box<[u8]>>,
-    /// Read-ahead buffer: (file offset, bytes).
-    pub ra: Option<(u64, Vec<u8>)>,
+    /// Generation of this file's pages in the clean-page cache (unique over the
+    /// filesystem's life); a new one drops them all.
+    pub cache_gen: u64,
+    /// Bumped by every change of the file's data: a read that went to the device without
+    /// the lock caches what it read only if no change happened meanwhile.
+    pub data_version: u64,
+    /// Where the last read ended (sequential detection) and the read-ahead window.
     pub ra_next: u64,
     pub ra_window: u64,
     /// nlink reached 0 while open: an orphan, deleted on last release.
@@ -146,11 +155,11 @@ pub(crate) struct Inner {
     pub inodes: Mutex<HashMap<Ino, Arc<Inode>>>,
     pub ns: Mutex<()>,
     pub channels: Mutex<Vec<IoChannel>>,
+    pub cache: crate::cache::PageCache,
     pub dirty_bytes: AtomicU64,
     /// Orphans whose deletion found the blob in use.
     pub retry_orphans: Mutex<Vec<Ino>>,
     pub cluster_size: u64,
-    pub unit: u64,
     pub read_only: bool,
     /// Largest file size: the device's clusters (thin blobs cannot be larger).
     pub max_size: u64,
@@ -241,13 +250,13 @@ impl FileSystem {
         let usage = store.usage();
         let inner = Arc::new(Inner {
             cluster_size: store.cluster_size(),
-            unit: store.io_unit(),
             read_only: opts.read_only,
             max_size: usage.clusters.saturating_mul(usage.cluster_size),
             store,
             inodes: Mutex::new(HashMap::new()),
             ns: Mutex::new(()),
             channels: Mutex::new(Vec::new()),
+            cache: crate::cache::PageCache::new((opts.cache_bytes / PAGE) as usize),
             dirty_bytes: AtomicU64::new(0),
             retry_orphans: Mutex::new(Vec::new()),
             opts: opts.clone(),
@@ -973,7 +982,10 @@ impl Inner {
                 attr,
                 attr_dirty: false,
                 pages: BTreeMap::new(),
-                ra: None,
+                // Never a generation used before: a reloaded inode must not see pages its
+                // earlier incarnation cached under an old generation.
+                cache_gen: self.cache.new_generation(),
+                data_version: 0,
                 ra_next: 0,
                 ra_window: 0,
                 unlinked: false,
@@ -1167,7 +1179,6 @@ impl Inner {
                     // works as before through its handles until the last release.)
                     let dirty = st.pages.len() as u64 * PAGE;
                     st.pages.clear();
-                    st.ra = None;
                     let _ =
                         self.dirty_bytes
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {

@@ -8,6 +8,7 @@
 //! record): after it returns, a crash loses nothing of that file, and a size never covers
 //! bytes that were not written.
 
+mod cache;
 pub mod check;
 mod error;
 mod file;

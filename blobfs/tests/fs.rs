@@ -508,3 +508,68 @@ fn space_freed_by_an_uncommitted_delete_is_usable_at_once() {
     assert_eq!(fs.read(b.ino, (40 << 20) - 3, 10).unwrap(), vec![2u8; 3]);
     clean(&fs);
 }
+
+#[test]
+fn concurrent_reads_never_cache_stale_pages() {
+    let dev = mem(64 << 20);
+    let d: Arc<dyn Device> = Arc::new(dev.clone());
+    FileSystem::format(Arc::clone(&d), &Default::default()).unwrap();
+    let fs = FileSystem::open(
+        d,
+        FsOptions {
+            sync_interval: None,
+            // Write back after every few pages, so device reads race with write-backs.
+            file_dirty_limit: 3 * 4096,
+            cache_bytes: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let f = fs.create(ROOT_INO, b"hot", 0o644, 0, 0).unwrap().ino;
+    let pages = 64u64;
+    fs.write(f, 0, &vec![0u8; (pages * 4096) as usize]).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for r in 0..3 {
+            let fs = fs.clone();
+            let done = &done;
+            s.spawn(move || {
+                let mut off = r * 4096 * 7;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = fs.read(f, off % (pages * 4096), 3 * 4096 + 100).unwrap();
+                    off += 4096 * 5;
+                }
+            });
+        }
+        let mut writers = Vec::new();
+        for w in 0..2u64 {
+            let fs = fs.clone();
+            writers.push(s.spawn(move || {
+                for round in 1..=40u64 {
+                    for p in (w..pages).step_by(2) {
+                        let v = (round * 2 + w) as u8;
+                        fs.write(f, p * 4096, &[v; 4096]).unwrap();
+                    }
+                }
+            }));
+        }
+        for h in writers {
+            h.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    // Every page holds its last write, whatever the readers cached meanwhile.
+    let all = fs.read(f, 0, (pages * 4096) as usize).unwrap();
+    for p in 0..pages {
+        let want = (40 * 2 + p % 2) as u8;
+        let page = &all[(p * 4096) as usize..((p + 1) * 4096) as usize];
+        assert!(
+            page.iter().all(|&b| b == want),
+            "page {p} holds {} not {want}",
+            page[0]
+        );
+    }
+    fs.sync_all().unwrap();
+    let again = fs.read(f, 0, (pages * 4096) as usize).unwrap();
+    assert!(again == all);
+}

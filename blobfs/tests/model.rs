@@ -2002,3 +2002,95 @@ fn regression_truncate_of_orphan_leaves_size_beyond_blob() {
         ],
     );
 }
+
+/// An inode dropped from memory (forget) and loaded again restarted its page-cache
+/// generation at 0, so pages its earlier incarnation had cached under generation 0 came
+/// back after a truncate or gap had moved on: a read showed stale bytes. Generations are
+/// now unique over the cache's life.
+#[test]
+fn regression_forgotten_inode_sees_stale_cached_pages() {
+    run(
+        &V4K_FG,
+        &[
+            Op::Mkdir {
+                dir: 0,
+                name: 1,
+                mode: 0,
+            },
+            Op::Mkdir {
+                dir: 0,
+                name: 0,
+                mode: 0,
+            },
+            Op::Create {
+                dir: 25,
+                name: 0,
+                mode: 0,
+                bad_parent: false,
+            },
+            Op::Create {
+                dir: 0,
+                name: 2,
+                mode: 0,
+                bad_parent: false,
+            },
+            Op::Write {
+                file: 0,
+                at: 0,
+                off: 0,
+                lk: 180,
+                len: 0,
+            },
+            Op::Write {
+                file: 56,
+                at: 0,
+                off: 0,
+                lk: 33,
+                len: 4034,
+            },
+            Op::Mkdir {
+                dir: 74,
+                name: 0,
+                mode: 0,
+            },
+            Op::Fsync {
+                node: 20,
+                file: true,
+            },
+            Op::DirtyRemount,
+            Op::Write {
+                file: 104,
+                at: 158,
+                off: 1674760353,
+                lk: 2,
+                len: 8659,
+            },
+            Op::Create {
+                dir: 6,
+                name: 1,
+                mode: 0,
+                bad_parent: false,
+            },
+            Op::Link {
+                node: 0,
+                dir: 0,
+                name: 0,
+            },
+            Op::Write {
+                file: 15,
+                at: 101,
+                off: 3937868460,
+                lk: 0,
+                len: 0,
+            },
+            Op::Create {
+                dir: 0,
+                name: 3,
+                mode: 0,
+                bad_parent: false,
+            },
+            Op::SyncAll,
+            Op::Forget { node: 83 },
+        ],
+    );
+}
