@@ -984,6 +984,11 @@ impl Inner {
 
     fn lead_commit(&self, force_checkpoint: bool) -> Result<(u64, u64)> {
         let mut guard = self.committer.lock();
+        // A leader that failed turned the store read-only while holding the committer, and
+        // took the pending records with it: a commit now would find nothing to write and
+        // report everything applied so far as durable. (The caller's own check ran before
+        // it became leader, so it can miss a failure in between.)
+        self.check_writable()?;
         let c = &mut *guard;
         let background = self.background();
         let long = c.journal.bytes >= self.checkpoint_bytes;
