@@ -11,18 +11,25 @@
 //!   [`ffi`]) over [`blobfs::FileSystem`]: a process-wide registry of open images
 //!   ([`mount`]), path-based operations ([`ops`]), URIs ([`uri`]).
 //!
-//! Rust programs using the `rocksdb` crate (linked to the same system librocksdb) get the
-//! same FileSystem: [`register`] makes sure the factory is registered (`Env::from_uri`-style
-//! lookups of `blobfs://...` then work), and [`env_create`] builds a C API
-//! `rocksdb_env_t*` on BlobFS for `rocksdb_options_set_env`.
+//! Rust programs using the `rocksdb` crate (`=0.20.1`, linked to the same system
+//! librocksdb; re-exported as [`rocksdb`]) get the same FileSystem: [`env()`] gives a
+//! `rocksdb::Env` on a BlobFS image for `Options::set_env` (see `src/env.rs` for how it is
+//! built without a public constructor). Lower level: [`register`] makes sure the factory is
+//! registered (`Env::from_uri`-style lookups of `blobfs://...` then work), and
+//! [`env_create`] builds a C API `rocksdb_env_t*` on BlobFS for `rocksdb_options_set_env`.
 
+mod env;
 pub mod ffi;
 pub mod mount;
 pub mod ops;
 pub mod uri;
 
+pub use env::env;
 pub use mount::{Lease, Mount, OpenFile};
 pub use ops::OpenMode;
+/// The `rocksdb` crate this crate's [`env()`] is built for (`=0.20.1`): use it, or depend on
+/// the same exact version.
+pub use rocksdb;
 pub use uri::Uri;
 
 use std::ffi::{c_char, CStr, CString};

@@ -119,9 +119,14 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
+        Fixture::with_size("1G")
+    }
+
+    /// A fresh image of `size` (`blobfs mkfs --size`, e.g. "2G"; sparse).
+    pub fn with_size(size: &str) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let image = dir.path().join("db.img");
-        blobfs_ok(&["mkfs", image.to_str().expect("utf-8"), "--size", "1G"]);
+        blobfs_ok(&["mkfs", image.to_str().expect("utf-8"), "--size", size]);
         Fixture { dir, image }
     }
 
@@ -131,6 +136,20 @@ impl Fixture {
 
     pub fn uri(&self) -> String {
         format!("blobfs://{}", self.image_str())
+    }
+
+    /// A DB path for the `rocksdb` crate's API: `DIR/NAME` under this fixture's temporary
+    /// directory. rocksdb 0.20.1's `DB::open*` runs `std::fs::create_dir_all(path)` on the
+    /// host before RocksDB sees the path (src/db.rs), so every DB path also appears on the
+    /// host as an empty directory; under the temporary directory it goes away with it. In
+    /// the image the DB lives at the same absolute path.
+    pub fn db_path(&self, name: &str) -> String {
+        self.dir
+            .path()
+            .join(name)
+            .to_str()
+            .expect("utf-8 path")
+            .to_string()
     }
 
     /// `blobfs fsck -n` must say clean (exit 0).
@@ -200,4 +219,86 @@ fn tail(s: &str) -> String {
 pub fn factory_line(image: &Path) -> String {
     let canonical = std::fs::canonicalize(image).unwrap_or_else(|_| image.to_path_buf());
     format!("blobfs: RocksDB FileSystem on {}", canonical.display())
+}
+
+/// The FUSE mount tests' precondition: root and /dev/fuse (CI has both). Fails with a clear
+/// message rather than skipping.
+pub fn require_fuse() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "mounting the image with FUSE needs root (mount(2)); euid is {euid}"
+    );
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        panic!("mounting the image with FUSE needs /dev/fuse ({e}); modprobe fuse");
+    }
+}
+
+/// An image mounted with `blobfs mount IMAGE MNT --background`. `unmount` runs `blobfs
+/// umount` (which waits until the server has closed the image); if the guard is dropped
+/// still mounted (a failed assertion), it detaches the mount and kills the server, so
+/// nothing is left behind.
+pub struct FuseMount {
+    pub mnt: PathBuf,
+    server: Option<i32>,
+}
+
+impl FuseMount {
+    pub fn mount(image: &Path, mnt: &Path) -> FuseMount {
+        require_fuse();
+        std::fs::create_dir_all(mnt).expect("mkdir mountpoint");
+        let out = blobfs_ok(&[
+            "mount",
+            image.to_str().expect("utf-8"),
+            mnt.to_str().expect("utf-8"),
+            "--background",
+        ]);
+        // "mounted IMAGE at MNT (server pid N); unmount with: ..."
+        let server = out
+            .split("server pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .and_then(|s| s.parse().ok());
+        let m = FuseMount {
+            mnt: mnt.to_path_buf(),
+            server,
+        };
+        assert!(server.is_some(), "no server pid in {out:?}");
+        assert!(m.is_mounted(), "{} not mounted: {out}", mnt.display());
+        m
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        blobfs_fuse::find_mount(&self.mnt)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.fstype.starts_with("fuse"))
+    }
+
+    /// `blobfs umount MNT`: returns when the server has written back and closed the image.
+    pub fn unmount(mut self) {
+        blobfs_ok(&["umount", self.mnt.to_str().expect("utf-8")]);
+        assert!(!self.is_mounted());
+        self.server = None;
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        while self.is_mounted() {
+            if blobfs_fuse::unmount(&self.mnt, blobfs_fuse::Unmount::Lazy).is_err() {
+                break;
+            }
+        }
+        if let Some(pid) = self.server.take() {
+            // SAFETY: kill with the pid of the server this guard started; at worst it has
+            // exited already (ESRCH).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
