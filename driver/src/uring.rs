@@ -1,10 +1,12 @@
 //! io_uring with O_DIRECT on a regular file or a block device.
 //!
 //! One file descriptor, opened with `O_DIRECT`, is shared by every queue pair; each queue pair
-//! owns its own io_uring ring and is driven by one thread. [`QueuePair::submit`] only places a
-//! submission-queue entry in the ring; [`QueuePair::poll`] hands all queued entries to the
-//! kernel with a single `io_uring_enter` and reaps completions, and [`QueuePair::wait`] sleeps
-//! in the kernel until one completes.
+//! owns its own io_uring ring and is driven by one thread. [`QueuePair::submit`] places a
+//! submission-queue entry in the ring and hands it to the kernel at once (one `io_uring_enter`,
+//! like an NVMe doorbell write: the command starts when it is submitted, not at the next poll);
+//! [`QueuePair::poll`] reaps completions (handing over anything still queued, such as
+//! remainders of short transfers), and [`QueuePair::wait`] sleeps in the kernel until one
+//! completes.
 //!
 //! Commands map onto io_uring opcodes as follows (offsets are `lba * lba_size`):
 //!
@@ -630,7 +632,18 @@ impl QueuePair for UringQueuePair {
             retries: 0,
         });
         self.busy += 1;
-        if let Err(e) = self.push(idx) {
+        let pushed = self.push(idx);
+        if pushed.is_ok() {
+            // Ring the doorbell now rather than at the next poll. io_uring submits more than
+            // two entries of one `io_uring_enter` under a block plug, so none reaches the
+            // device before the whole batch is in: a caller refilling a deep queue as
+            // completions come would see the device drain between batches. Measured through
+            // IoChannel on a file (`blobfs bench`'s blobio pattern, median of 5): 4 KiB random
+            // reads at QD32 went from 0.77 to 0.98 of fio, writes from 0.89 to 1.01; QD1 is
+            // unchanged (fio, too, enters the kernel once per submission).
+            self.kick();
+        }
+        if let Err(e) = pushed {
             // Not queued, so the kernel never saw it: hand the op back.
             let slot = self.slots[idx].take();
             self.free.push(idx);
