@@ -139,6 +139,58 @@ impl Blob {
         )
     }
 
+    /// Sets an xattr in namespace `ns` as a *checked* change: the xattr (typically a file
+    /// size) exposes data written just before, and `checks` lists that data as
+    /// `(offset, len, crc)`: bytes `[offset, offset + len)` of this blob have CRC32C `crc`
+    /// ([`crate::format::record::data_crc`]). The xattr and one `DataCheck` record per entry
+    /// are applied atomically and queued *unordered*: if nothing ordered is queued with
+    /// them, the commit writes its group without first flushing the data, then flushes once
+    /// (one device flush per `sync` instead of two).
+    ///
+    /// Contract (what makes it safe):
+    /// - the data the xattr depends on is exactly the checked ranges, and its writes have
+    ///   completed before this call (their completion counts for the next commit's flush);
+    /// - the ranges are inside the blob's allocated size (clusters are mapped: a write that
+    ///   allocates queues its mapping as an ordered record, which makes that commit ordered);
+    /// - the checked bytes are not changed while the group holding these checks may still be
+    ///   the last of the log: after the `sync` that made it durable, note
+    ///   [`crate::Blobstore::groups_committed`]; before changing those bytes, call
+    ///   [`crate::Blobstore::confirm`] unless the counter has moved past the noted value.
+    ///   Rewriting them with the same bytes (a partial last unit) is fine.
+    ///
+    /// If the power fails before the commit's flush completes, replay verifies the checks of
+    /// the log's last group and drops the whole group if any fails (the group was never
+    /// acknowledged). On a store without the `data_checks` feature
+    /// ([`crate::Blobstore::supports_data_checks`]) this is an ordinary `set_xattr_ns`.
+    pub fn set_xattr_ns_checked(
+        &self,
+        ns: XattrNs,
+        name: &[u8],
+        value: &[u8],
+        checks: &[(u64, u64, u32)],
+    ) -> Result<()> {
+        self.check_mutable()?;
+        check_xattr(name, value.len())?;
+        let id = self.id();
+        let mut recs = vec![Record::SetXattr {
+            id,
+            ns,
+            name: name.to_vec(),
+            value: value.to_vec(),
+        }];
+        let mut st = self.inner.state.lock();
+        if !self.inner.data_checks() {
+            return self.inner.apply_locked(&mut st, recs);
+        }
+        recs.extend(checks.iter().map(|&(offset, len, crc)| Record::DataCheck {
+            id,
+            offset,
+            len,
+            crc,
+        }));
+        self.inner.apply_locked_with(&mut st, recs, false)
+    }
+
     /// Removes an xattr from namespace `ns`.
     pub fn remove_xattr_ns(&self, ns: XattrNs, name: &[u8]) -> Result<()> {
         self.check_mutable()?;

@@ -79,6 +79,18 @@ impl Journal {
         payload: &[u8],
         new_segment: &mut dyn FnMut() -> Result<ClusterIdx>,
     ) -> Result<Vec<LogWrite>> {
+        self.build_group_flagged(payload, 0, new_segment)
+    }
+
+    /// `build_group` with extra flag bits (`FLAG_CHECKED`) on every records block of the
+    /// group (jump blocks never carry them).
+    pub fn build_group_flagged(
+        &mut self,
+        payload: &[u8],
+        group_flags: u16,
+        new_segment: &mut dyn FnMut() -> Result<ClusterIdx>,
+    ) -> Result<Vec<LogWrite>> {
+        debug_assert_eq!(group_flags & FLAG_CONTINUES, 0);
         let unit = self.unit as usize;
         let mut writes: Vec<LogWrite> = Vec::new();
         let mut rest = payload;
@@ -110,7 +122,7 @@ impl Journal {
             let (now, later) = rest.split_at(n);
             let h = BlockHeader {
                 kind: KIND_RECORDS,
-                flags: if later.is_empty() { 0 } else { FLAG_CONTINUES },
+                flags: group_flags | if later.is_empty() { 0 } else { FLAG_CONTINUES },
                 epoch: self.epoch,
                 seq: self.seq,
                 prev_crc: self.prev_crc,

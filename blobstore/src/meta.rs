@@ -141,6 +141,8 @@ pub enum Undo {
         id: BlobId,
         old: u64,
     },
+    /// The record changed nothing (`DataCheck`).
+    Nothing,
 }
 
 /// All blobs.
@@ -150,14 +152,17 @@ pub struct Table {
     pub next_blob_id: u64,
     /// Clusters on the device: bounds cluster indices and blob sizes.
     pub cluster_count: u64,
+    /// Cluster size in bytes: bounds the byte ranges of `DataCheck` records.
+    pub cluster_size: u64,
 }
 
 impl Table {
-    pub fn new(cluster_count: u64) -> Table {
+    pub fn new(cluster_count: u64, cluster_size: u64) -> Table {
         Table {
             blobs: BTreeMap::new(),
             next_blob_id: 1,
             cluster_count,
+            cluster_size,
         }
     }
 
@@ -309,6 +314,18 @@ impl Table {
                 m.flags = *flags;
                 Ok(Undo::Flags { id: *id, old })
             }
+            Record::DataCheck {
+                id, offset, len, ..
+            } => {
+                let e = self.get(*id)?;
+                let size = (e.meta.read().clusters.len() as u64).saturating_mul(self.cluster_size);
+                if offset.checked_add(*len).is_none_or(|end| end > size) {
+                    return Err(Error::Invalid(format!(
+                        "blob {id}: data check of {len} bytes at {offset} beyond its size {size}"
+                    )));
+                }
+                Ok(Undo::Nothing)
+            }
             Record::SnapshotBegin { .. } | Record::SnapshotEnd { .. } => Err(Error::Invalid(
                 "snapshot marker outside the start of a log".into(),
             )),
@@ -361,6 +378,7 @@ impl Table {
                     e.meta.write().flags = old;
                 }
             }
+            Undo::Nothing => {}
         }
     }
 
@@ -455,7 +473,7 @@ mod tests {
 
     #[test]
     fn apply_and_undo_roundtrip() {
-        let mut t = Table::new(100);
+        let mut t = Table::new(100, 16384);
         let id = BlobId(5);
         apply(
             &mut t,
@@ -507,7 +525,7 @@ mod tests {
 
     #[test]
     fn invalid_records() {
-        let mut t = Table::new(100);
+        let mut t = Table::new(100, 16384);
         let id = BlobId(1);
         assert!(apply(&mut t, Record::Resize { id, clusters: 1 }).is_err());
         apply(&mut t, Record::CreateBlob { id, flags: 0 }).unwrap();
@@ -555,11 +573,52 @@ mod tests {
         assert_eq!(t.blobs[&id].meta.read().clusters.len(), 3);
     }
 
+    #[test]
+    fn data_check_validates_and_changes_nothing() {
+        let mut t = Table::new(100, 16384);
+        let id = BlobId(1);
+        let check = |offset, len| Record::DataCheck {
+            id,
+            offset,
+            len,
+            crc: 7,
+        };
+        assert!(matches!(
+            apply(&mut t, check(0, 0)),
+            Err(Error::NotFound(_))
+        ));
+        apply(
+            &mut t,
+            Record::CreateBlob {
+                id,
+                flags: FLAG_THIN,
+            },
+        )
+        .unwrap();
+        apply(&mut t, Record::Resize { id, clusters: 2 }).unwrap();
+        let before = t.export();
+        for (offset, len) in [(0, 0), (0, 32768), (32767, 1), (100, 5000), (32768, 0)] {
+            let (u, fx) = apply(&mut t, check(offset, len)).unwrap();
+            assert!(matches!(u, Undo::Nothing));
+            assert!(fx.freed.is_empty() && fx.mapped.is_empty());
+            t.undo(u);
+        }
+        for (offset, len) in [(0, 32769), (32768, 1), (u64::MAX, 2), (1, u64::MAX)] {
+            assert!(apply(&mut t, check(offset, len)).is_err(), "{offset}+{len}");
+        }
+        assert_eq!(t.export(), before);
+        // Snapshots never carry checks.
+        assert!(!t
+            .snapshot_records()
+            .iter()
+            .any(|r| matches!(r, Record::DataCheck { .. })));
+    }
+
     /// The checkpoint layout: a snapshot group's exact bytes for a small table.
     #[test]
     fn snapshot_golden_bytes() {
         use crate::format::record::encode_all;
-        let mut t = Table::new(100);
+        let mut t = Table::new(100, 16384);
         let id = BlobId(7);
         let mut fx = Effects::default();
         for r in [
@@ -623,7 +682,7 @@ mod tests {
                 (6, ClusterIdx(3), 2)
             ]
         );
-        let mut t = Table::new(100);
+        let mut t = Table::new(100, 16384);
         let id = BlobId(3);
         apply(
             &mut t,
@@ -649,7 +708,7 @@ mod tests {
             }
         }
         let snap = t.snapshot_records();
-        let mut t2 = Table::new(100);
+        let mut t2 = Table::new(100, 16384);
         for r in &snap[1..snap.len() - 1] {
             apply(&mut t2, r.clone()).unwrap();
         }

@@ -4,17 +4,24 @@
 //!
 //! The cost is the length of the log since the last checkpoint (plus one bit per cluster of
 //! memory), never a scan of the device.
+//!
+//! Checked groups (block flag `FLAG_CHECKED`) were written without a data pre-flush. If the
+//! last complete group of the log is checked, its `DataCheck` records are verified against
+//! the device once the log ends (reading only the checked bytes); if one fails, the group
+//! was never acknowledged and is rolled back as if torn: the log continues where it began.
+//! A checked group followed by another complete group is never verified (its flush
+//! completed before the next group was written, and its bytes may have changed since).
 
 use crate::alloc::Allocator;
 use crate::error::{corrupt, Error, Result};
 use crate::format::block::{
     chain_seed, check_jump, decode_block, BlockHeader, NotABlock, BLOCK_HEADER, KIND_JUMP,
 };
-use crate::format::record::Record;
+use crate::format::record::{data_crc_append, Record};
 use crate::format::superblock::{Superblock, SB_SIZE};
 use crate::journal::Journal;
-use crate::meta::{Effects, Table};
-use crate::units::ClusterIdx;
+use crate::meta::{Effects, Table, Undo};
+use crate::units::{BlobId, ClusterIdx};
 use driver::{run_one, Device, DmaBuf, Lba, Op, QueuePair};
 use std::collections::HashSet;
 
@@ -141,8 +148,13 @@ pub struct ReplayStats {
     pub groups: u64,
     pub records: u64,
     pub bytes_read: u64,
-    /// Blocks of an incomplete group at the tail that were discarded.
+    /// Blocks of an incomplete group at the tail that were discarded (and of a checked
+    /// last group whose data checks failed).
     pub discarded_blocks: u64,
+    /// 1 if the last group was checked and its data checks failed, so it was discarded.
+    pub discarded_checked_groups: u64,
+    /// Bytes read from the device to verify the last group's data checks.
+    pub check_bytes_read: u64,
 }
 
 /// Why replay stopped where it did.
@@ -204,7 +216,7 @@ impl Finding {
 }
 
 /// Position and chain state at a group boundary.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Mark {
     nsegs: usize,
     seg: ClusterIdx,
@@ -249,7 +261,7 @@ fn replay_inner(
     let seg_size = u64::from(sb.cluster_size);
     let unit = u64::from(sb.log_unit);
     let mut stats = ReplayStats::default();
-    let mut table = Table::new(sb.cluster_count);
+    let mut table = Table::new(sb.cluster_count, seg_size);
     let mut alloc = Allocator::new(sb.cluster_count);
     let mut groups = keep_groups.then(Vec::new);
 
@@ -265,8 +277,11 @@ fn replay_inner(
     let mut bytes = 0u64;
     let mut payload: Vec<u8> = Vec::new();
     let mut group_blocks = 0u64;
+    let mut group_checked = false;
     let mut mark: Option<Mark> = None;
     let mut snapshot_bytes = 0u64;
+    // The last complete group, if it is checked: what it takes to verify and undo it.
+    let mut unverified: Option<CheckedGroup> = None;
 
     let reason = loop {
         let (h, p, crc) = match decode_block(&buf[off as usize..], sb.log_epoch, seq, prev) {
@@ -311,11 +326,18 @@ fn replay_inner(
         }
         off += padded;
         payload.extend_from_slice(p);
+        group_checked |= h.checked();
         if h.continues() {
             continue;
         }
-        // A complete group: decode and apply it whole.
+        // A complete group: decode and apply it whole. The group before it is confirmed
+        // (its flush completed before this one was written): it is never verified.
+        unverified = None;
         let first_group = mark.is_none();
+        // A snapshot is never checked (the writer flushes before it).
+        let checked = group_checked && !first_group;
+        let mut undo = checked.then(Vec::new);
+        let findings_before = lenient.as_deref().map_or(0, |f| f.len());
         let records = match Record::decode_all(&payload) {
             Ok(r) => r,
             Err(e) => {
@@ -334,9 +356,33 @@ fn replay_inner(
             }
         };
         match lenient.as_deref_mut() {
-            None => apply_group(&mut table, &mut alloc, &records, first_group)
+            None => apply_group(&mut table, &mut alloc, &records, first_group, undo.as_mut())
                 .map_err(|e| corrupt(format!("log group ending at block {}: {e}", seq - 1)))?,
-            Some(f) => apply_group_lenient(&mut table, &records, first_group, seq - 1, f)?,
+            Some(f) => {
+                apply_group_lenient(&mut table, &records, first_group, seq - 1, f, undo.as_mut())?
+            }
+        }
+        if let (Some(undo), Some(before)) = (undo, mark) {
+            unverified = Some(CheckedGroup {
+                before,
+                undo,
+                checks: records
+                    .iter()
+                    .filter_map(|r| match r {
+                        Record::DataCheck {
+                            id,
+                            offset,
+                            len,
+                            crc,
+                        } => Some((*id, *offset, *len, *crc)),
+                        _ => None,
+                    })
+                    .collect(),
+                records: records.len() as u64,
+                blocks: group_blocks,
+                findings_before,
+                last_block: seq - 1,
+            });
         }
         stats.groups += 1;
         stats.records += records.len() as u64;
@@ -348,6 +394,7 @@ fn replay_inner(
         }
         payload.clear();
         group_blocks = 0;
+        group_checked = false;
         mark = Some(Mark {
             nsegs: segments.len(),
             seg,
@@ -373,7 +420,7 @@ fn replay_inner(
         }
     };
     stats.discarded_blocks = group_blocks;
-    let tail = TailInfo {
+    let mut tail = TailInfo {
         seg,
         off,
         reason: if reason == format!("{:?}", NotABlock::BadMagic) && group_blocks == 0 {
@@ -382,6 +429,42 @@ fn replay_inner(
             reason
         },
     };
+    // The last complete group is checked: its flush may not have completed. Verify the data
+    // it depends on (with the state after it, which is the table now); if any check fails it
+    // was never acknowledged: roll it back, and let new groups overwrite it.
+    if let Some(cg) = unverified.take() {
+        if let Some(why) = verify_checks(qp, dev, &table, seg_size, &cg.checks, &mut stats)? {
+            for (u, claimed, released) in cg.undo.into_iter().rev() {
+                table.undo(u);
+                for c in claimed {
+                    alloc.release(c);
+                }
+                for c in released {
+                    alloc.claim(c);
+                }
+            }
+            stats.groups -= 1;
+            stats.records -= cg.records;
+            stats.discarded_blocks += cg.blocks;
+            stats.discarded_checked_groups += 1;
+            if let Some(g) = groups.as_mut() {
+                g.pop();
+            }
+            if let Some(f) = lenient.as_deref_mut() {
+                f.truncate(cg.findings_before);
+            }
+            tail = TailInfo {
+                seg: cg.before.seg,
+                off: cg.before.off,
+                reason: format!(
+                    "last group's data checks failed: discarded (group ending at block {}: {why}; \
+                     then: {})",
+                    cg.last_block, tail.reason
+                ),
+            };
+            mark = Some(cg.before);
+        }
+    }
     let Some(m) = mark else {
         return Err(corrupt(format!(
             "log at cluster {} has no complete checkpoint ({})",
@@ -456,6 +539,86 @@ fn replay_inner(
     })
 }
 
+/// How to reverse one record of a checked group: the table undo, then the clusters it
+/// claimed and released in the allocator (strict replay only).
+type GroupUndo = (Undo, Vec<ClusterIdx>, Vec<ClusterIdx>);
+
+/// A checked group that is (so far) the last complete group of the log.
+struct CheckedGroup {
+    /// The log position and chain state before it.
+    before: Mark,
+    undo: Vec<GroupUndo>,
+    /// Its `DataCheck`s: blob, offset, length, CRC32C.
+    checks: Vec<(BlobId, u64, u64, u32)>,
+    records: u64,
+    blocks: u64,
+    /// Lenient replay: findings before the group (its own go if it is discarded).
+    findings_before: usize,
+    last_block: u64,
+}
+
+/// Verifies data checks against the device, mapping blob offsets through `table`'s cluster
+/// maps (unallocated clusters read as zeroes). Returns why the first failing check fails,
+/// or `None` if all hold. Reads only the checked bytes (rounded out to LBAs), in pieces of
+/// at most 1 MiB; an I/O error is an error, not a failed check.
+fn verify_checks(
+    qp: &mut dyn QueuePair,
+    dev: &dyn Device,
+    table: &Table,
+    cluster_size: u64,
+    checks: &[(BlobId, u64, u64, u32)],
+    stats: &mut ReplayStats,
+) -> Result<Option<String>> {
+    const PIECE: u64 = 1 << 20;
+    static ZEROES: [u8; 4096] = [0; 4096];
+    let lba = u64::from(dev.geometry().lba_size).max(1);
+    for &(id, offset, len, want) in checks {
+        let Some(e) = table.blobs.get(&id) else {
+            return Ok(Some(format!("blob {id} does not exist")));
+        };
+        let map = e.meta.read().clusters.clone();
+        let size = (map.len() as u64).saturating_mul(cluster_size);
+        let Some(end) = offset.checked_add(len).filter(|&end| end <= size) else {
+            return Ok(Some(format!(
+                "blob {id}: {len} bytes at {offset} beyond its size {size}"
+            )));
+        };
+        let mut crc = 0u32;
+        let mut pos = offset;
+        while pos < end {
+            let within = pos % cluster_size;
+            let n = (cluster_size - within).min(end - pos).min(PIECE);
+            let cluster = map
+                .get((pos / cluster_size) as usize)
+                .copied()
+                .unwrap_or(ClusterIdx::NONE);
+            if cluster.is_some() {
+                let start = cluster.0 * cluster_size + within;
+                let a0 = start / lba * lba;
+                let a1 = (start + n).div_ceil(lba) * lba;
+                let bytes = read_bytes(qp, dev, a0, (a1 - a0) as usize)?;
+                stats.check_bytes_read += a1 - a0;
+                let from = (start - a0) as usize;
+                crc = data_crc_append(crc, &bytes[from..from + n as usize]);
+            } else {
+                let mut left = n as usize;
+                while left > 0 {
+                    let k = left.min(ZEROES.len());
+                    crc = data_crc_append(crc, &ZEROES[..k]);
+                    left -= k;
+                }
+            }
+            pos += n;
+        }
+        if crc != want {
+            return Ok(Some(format!(
+                "blob {id}: bytes {offset}..{end} have CRC32C {crc:#010x}, the group says {want:#010x}"
+            )));
+        }
+    }
+    Ok(None)
+}
+
 /// Looks past the end of the log for committed groups cut off by damage: a block of this
 /// epoch ending a group, followed by its valid successor. A torn last commit never has
 /// one (nothing is written after an unacknowledged commit), so this means lost commits.
@@ -501,6 +664,7 @@ fn apply_group_lenient(
     first_group: bool,
     block: u64,
     f: &mut Vec<Finding>,
+    mut undo: Option<&mut Vec<GroupUndo>>,
 ) -> Result<()> {
     let body = if first_group {
         match (records.first(), records.last()) {
@@ -540,12 +704,18 @@ fn apply_group_lenient(
             }
         }
         let mut fx = Effects::default();
-        if let Err(e) = table.apply(&r, &mut fx) {
-            f.push(Finding::new(
+        match table.apply(&r, &mut fx) {
+            // Ownership is rebuilt from the final state here: only the table needs undoing.
+            Ok(u) => {
+                if let Some(list) = undo.as_deref_mut() {
+                    list.push((u, Vec::new(), Vec::new()));
+                }
+            }
+            Err(e) => f.push(Finding::new(
                 "invalid-record",
                 format!("group ending at block {block}: {r:?}: {e} (skipped)"),
                 true,
-            ));
+            )),
         }
     }
     if first_group {
@@ -572,6 +742,7 @@ fn apply_group(
     alloc: &mut Allocator,
     records: &[Record],
     first_group: bool,
+    mut undo: Option<&mut Vec<GroupUndo>>,
 ) -> Result<()> {
     let body = if first_group {
         match (records.first(), records.last()) {
@@ -598,14 +769,20 @@ fn apply_group(
     };
     for r in body {
         let mut fx = Effects::default();
-        table.apply(r, &mut fx)?;
+        let u = table.apply(r, &mut fx)?;
+        let mut released = Vec::new();
         for c in fx.freed {
-            alloc.release(c);
+            if alloc.release(c) {
+                released.push(c);
+            }
         }
-        for c in fx.mapped {
-            if !alloc.claim(c) {
+        for c in &fx.mapped {
+            if !alloc.claim(*c) {
                 return Err(corrupt(format!("{c} is owned twice")));
             }
+        }
+        if let Some(list) = undo.as_deref_mut() {
+            list.push((u, fx.mapped, released));
         }
     }
     if first_group {

@@ -7,6 +7,12 @@
 //! - Commit = take the queued records (and, for a checkpoint, a snapshot of the whole table,
 //!   in the same critical section) -> Flush (so data the records point at is durable) ->
 //!   write the log blocks -> Flush. Concurrent `sync` callers share one commit.
+//! - Checked commit: when none of the taken records is *ordered* (every record queued by the
+//!   ordinary API is; only `Blob::set_xattr_ns_checked` queues unordered ones, together with
+//!   `DataCheck` records covering the data they depend on) and no snapshot is written inline,
+//!   the pre-flush is skipped: write the group with `FLAG_CHECKED` -> Flush. Replay verifies
+//!   the checks of the log's last group only (the only one whose flush may not have
+//!   completed: one leader at a time, each waits for its flush) and drops it if they fail.
 //! - A cluster mapping is queued only after the data written to the new cluster (and the
 //!   zeroes around it) completed, so the pre-commit Flush covers it.
 //! - A cluster freed by a change is reusable only after that change is durable.
@@ -18,10 +24,11 @@ use crate::alloc::Allocator;
 use crate::blob::Blob;
 use crate::channel::IoChannel;
 use crate::error::{Error, Result};
-use crate::format::block::chain_seed;
+use crate::format::block::{chain_seed, FLAG_CHECKED};
 use crate::format::record::{encode_all, Record, XattrNs};
 use crate::format::superblock::{
-    Superblock, COMPAT_KNOWN, MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE, SB_SIZE, SB_VERSION,
+    Superblock, COMPAT_KNOWN, INCOMPAT_DATA_CHECKS, MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE, SB_SIZE,
+    SB_VERSION,
 };
 use crate::journal::{Journal, LogWrite};
 use crate::meta::{check_xattr, BlobMeta, Effects, Table, Undo, FLAG_READ_ONLY, FLAG_THIN};
@@ -121,6 +128,10 @@ pub(crate) struct State {
     pub alloc: Allocator,
     /// Records applied in memory and not yet handed to a commit.
     pub pending: Vec<Record>,
+    /// Some record in `pending` is *ordered*: the data it points at must be flushed before
+    /// the group is written. Set by every ordinary change (`apply_locked`); only checked
+    /// changes (`Blob::set_xattr_ns_checked`) leave it alone.
+    pub pending_ordered: bool,
     /// Clusters freed by `pending`, reusable once it is durable.
     pub pending_frees: Vec<ClusterIdx>,
     /// Number of groups applied so far.
@@ -217,6 +228,10 @@ pub(crate) struct Inner {
     read_only_flag: AtomicBool,
     /// Data writes completed (bumped by channels), to know whether a Flush is needed.
     pub data_writes: AtomicU64,
+    /// Log groups (deltas and checkpoint snapshots) durably written since open.
+    groups: AtomicU64,
+    /// The superblock has `INCOMPAT_DATA_CHECKS`: checked groups may be written.
+    data_checks: bool,
     replay_stats: ReplayStats,
     tail: TailInfo,
     bg: Option<Arc<Bg>>,
@@ -359,7 +374,7 @@ impl Blobstore {
         let epoch = random_u64();
         let seg = ClusterIdx(1);
         let mut j = Journal::new(epoch, 1, chain_seed(epoch), seg, lba, u64::from(cs));
-        let table = Table::new(cluster_count);
+        let table = Table::new(cluster_count, u64::from(cs));
         let payload = encode_all(&table.snapshot_records());
         let writes = j.build_group(&payload, &mut || {
             Err(Error::Invalid(
@@ -372,7 +387,7 @@ impl Blobstore {
             version: SB_VERSION,
             compat: COMPAT_KNOWN,
             ro_compat: 0,
-            incompat: 0,
+            incompat: INCOMPAT_DATA_CHECKS,
             uuid: opts.uuid.unwrap_or_else(|| {
                 let mut u = [0u8; 16];
                 u[..8].copy_from_slice(&random_u64().to_le_bytes());
@@ -405,7 +420,10 @@ impl Blobstore {
     }
 
     /// Loads the store on `dev`: reads the superblocks, replays the log since the last
-    /// checkpoint. Nothing is written.
+    /// checkpoint. Nothing is written, except after a crash that left a checked last group
+    /// whose data checks failed: replay discards it, and a read-write open at once writes an
+    /// empty group over it (and flushes), so that data written later cannot make it verify
+    /// and come back at a later load.
     pub fn open(dev: Arc<dyn Device>, opts: OpenOptions) -> Result<Blobstore> {
         let mut qp = dev.open_qpair(16)?;
         let pair = recovery::read_superblocks(qp.as_mut(), dev.as_ref())?;
@@ -417,7 +435,12 @@ impl Blobstore {
             )));
         }
         let r = recovery::replay(qp.as_mut(), dev.as_ref(), &sb, false)?;
-        Blobstore::from_replayed(dev, opts, qp, r)
+        let seal = r.stats.discarded_checked_groups > 0 && !opts.read_only;
+        let store = Blobstore::from_replayed(dev, opts, qp, r)?;
+        if seal {
+            store.confirm()?;
+        }
+        Ok(store)
     }
 
     /// Builds a store from a replay (the state of the log `r.sb` points at). `open` uses it
@@ -429,6 +452,7 @@ impl Blobstore {
         r: recovery::Replayed,
     ) -> Result<Blobstore> {
         let sb = r.sb.clone();
+        let data_checks = sb.incompat & INCOMPAT_DATA_CHECKS != 0;
         let geom = dev.geometry();
         let cluster_size = u64::from(sb.cluster_size);
         let checkpoint_bytes = opts.checkpoint_bytes.unwrap_or_else(|| {
@@ -438,6 +462,7 @@ impl Blobstore {
             table: r.table,
             alloc: r.alloc,
             pending: Vec::new(),
+            pending_ordered: false,
             pending_frees: Vec::new(),
             op_seq: 0,
             reserve: 0,
@@ -466,6 +491,8 @@ impl Blobstore {
             read_only: Mutex::new(opts.read_only.then(|| "opened read-only".to_string())),
             read_only_flag: AtomicBool::new(opts.read_only),
             data_writes: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            data_checks,
             replay_stats: r.stats,
             tail: r.tail,
             bg: (!opts.read_only && opts.background_checkpoint).then(Arc::default),
@@ -666,7 +693,36 @@ impl Blobstore {
     /// but that snapshot.
     pub fn checkpoint(&self) -> Result<()> {
         self.inner.check_writable()?;
-        self.inner.commit_now(true)
+        self.inner.commit_now(true, false)
+    }
+
+    /// Whether checked commits are available (the store has the `data_checks` incompat
+    /// feature, which `format` sets). Without it, [`Blob::set_xattr_ns_checked`] works but
+    /// commits like the ordinary API (data flushed before the group).
+    pub fn supports_data_checks(&self) -> bool {
+        self.inner.data_checks
+    }
+
+    /// Number of log groups durably written since the store was opened (commits that wrote
+    /// a group, including checkpoint snapshots). It only grows, and a group counted here is
+    /// followed in the log by every group counted later.
+    ///
+    /// Use: read it right after the `sync` that made a checked change durable, say `g`. Once
+    /// `groups_committed() > g`, a later group is durable, so that checked group is no longer
+    /// the last of the log and replay will never verify its data again.
+    pub fn groups_committed(&self) -> u64 {
+        self.inner.groups.load(Ordering::SeqCst)
+    }
+
+    /// Writes and flushes a log group now, even if nothing is queued (an empty group when
+    /// nothing is), and returns once a group written after the call started is durable
+    /// (another thread's commit can serve). Everything queued before is durable too.
+    ///
+    /// Call it before changing bytes covered by a `DataCheck` of a group that may still be
+    /// the last one of the log (see [`Blobstore::groups_committed`]): replay verifies the
+    /// last group's checks, and would discard that acknowledged group if the bytes changed.
+    pub fn confirm(&self) -> Result<()> {
+        self.inner.confirm()
     }
 
     /// Syncs and checkpoints (so the next load is quick), then drops the handle. Other
@@ -680,7 +736,7 @@ impl Blobstore {
             c.journal.bytes > c.journal.snapshot_bytes
         };
         if needs_checkpoint || !self.inner.state.lock().pending.is_empty() {
-            self.inner.commit_now(true)?;
+            self.inner.commit_now(true, false)?;
         } else {
             self.sync()?;
         }
@@ -696,6 +752,7 @@ impl Blobstore {
         {
             let mut st = self.inner.state.lock();
             st.pending.extend(records);
+            st.pending_ordered = true;
             st.op_seq += 1;
         }
         self.inner.sync()
@@ -788,6 +845,11 @@ impl ClusterIdx {
 }
 
 impl Inner {
+    /// Whether checked groups may be written (the `data_checks` feature).
+    pub(crate) fn data_checks(&self) -> bool {
+        self.data_checks
+    }
+
     pub(crate) fn check_writable(&self) -> Result<()> {
         if self.read_only_flag.load(Ordering::SeqCst) {
             let why = self
@@ -808,8 +870,20 @@ impl Inner {
         self.read_only_flag.store(true, Ordering::SeqCst);
     }
 
-    /// Applies records as one atomic group: all or none.
+    /// Applies records as one atomic group: all or none. They are *ordered*: the commit that
+    /// writes them first flushes the data writes completed before it.
     pub(crate) fn apply_locked(&self, st: &mut State, recs: Vec<Record>) -> Result<()> {
+        self.apply_locked_with(st, recs, true)
+    }
+
+    /// `apply_locked`, choosing whether the records are ordered. Unordered records must
+    /// depend on no data except what `DataCheck` records among them cover.
+    pub(crate) fn apply_locked_with(
+        &self,
+        st: &mut State,
+        recs: Vec<Record>,
+        ordered: bool,
+    ) -> Result<()> {
         self.check_writable()?;
         let mut undos: Vec<Undo> = Vec::with_capacity(recs.len());
         let mut fx = Effects::default();
@@ -825,7 +899,11 @@ impl Inner {
             }
         }
         debug_assert!(fx.mapped.iter().all(|c| st.alloc.is_used(*c)));
+        // Unordered records may neither map nor free clusters: a mapping exposes data that
+        // only the ordered path makes durable first.
+        let ordered = ordered || !fx.mapped.is_empty() || !fx.freed.is_empty();
         st.pending.extend(recs);
+        st.pending_ordered |= ordered;
         st.pending_frees.extend(fx.freed);
         st.op_seq += 1;
         Ok(())
@@ -936,16 +1014,39 @@ impl Inner {
             }
             drop(ctl);
             // Someone may have become leader meanwhile: then we wait for them next round.
-            if let Some(res) = self.try_lead(false) {
+            if let Some(res) = self.try_lead(false, false) {
                 res?;
             }
         }
     }
 
-    /// Runs one commit now (as leader), optionally forcing a checkpoint.
-    fn commit_now(&self, checkpoint: bool) -> Result<()> {
+    /// Returns once a group written after the call started is durable (see
+    /// `Blobstore::confirm`). A leader already running when we start also writes after every
+    /// group acknowledged before the call (leaders run one at a time, each waits for its own
+    /// flush), so its group serves.
+    pub(crate) fn confirm(&self) -> Result<()> {
+        self.check_writable()?;
+        let start = self.groups.load(Ordering::SeqCst);
         loop {
-            if let Some(res) = self.try_lead(checkpoint) {
+            if self.groups.load(Ordering::SeqCst) > start {
+                return Ok(());
+            }
+            self.check_writable()?;
+            if let Some(res) = self.try_lead(false, true) {
+                res?;
+                continue;
+            }
+            let mut ctl = self.ctl.lock();
+            if ctl.leader {
+                self.cv.wait(&mut ctl);
+            }
+        }
+    }
+
+    /// Runs one commit now (as leader), optionally forcing a checkpoint and/or a group.
+    fn commit_now(&self, checkpoint: bool, force_group: bool) -> Result<()> {
+        loop {
+            if let Some(res) = self.try_lead(checkpoint, force_group) {
                 return res;
             }
             let mut ctl = self.ctl.lock();
@@ -957,7 +1058,7 @@ impl Inner {
 
     /// Becomes the commit leader if nobody is, runs one commit and publishes what became
     /// durable; `None` if another thread leads.
-    fn try_lead(&self, checkpoint: bool) -> Option<Result<()>> {
+    fn try_lead(&self, checkpoint: bool, force_group: bool) -> Option<Result<()>> {
         {
             let mut ctl = self.ctl.lock();
             if ctl.leader {
@@ -965,7 +1066,7 @@ impl Inner {
             }
             ctl.leader = true;
         }
-        let res = self.lead_commit(checkpoint);
+        let res = self.lead_commit(checkpoint, force_group);
         let mut ctl = self.ctl.lock();
         ctl.leader = false;
         if let Ok((seq, w)) = res {
@@ -982,7 +1083,7 @@ impl Inner {
         self.bg.as_ref().is_some_and(|b| !b.m.lock().shutdown)
     }
 
-    fn lead_commit(&self, force_checkpoint: bool) -> Result<(u64, u64)> {
+    fn lead_commit(&self, force_checkpoint: bool, force_group: bool) -> Result<(u64, u64)> {
         let mut guard = self.committer.lock();
         // A leader that failed turned the store read-only while holding the committer, and
         // took the pending records with it: a commit now would find nothing to write and
@@ -1000,13 +1101,14 @@ impl Inner {
         let bg_snapshot = !inline && background && c.want_snapshot && c.ckpt.is_none();
         // Take the queued records (and the snapshot) in one critical section, so that the
         // snapshot is exactly the state after them.
-        let (records, frees, seq, snapshot) = {
+        let (records, ordered, frees, seq, snapshot) = {
             let mut st = self.state.lock();
             let records = std::mem::take(&mut st.pending);
+            let ordered = std::mem::take(&mut st.pending_ordered);
             let frees = std::mem::take(&mut st.pending_frees);
             let snapshot =
                 (inline || bg_snapshot).then(|| encode_all(&st.table.snapshot_records()));
-            (records, frees, st.op_seq, snapshot)
+            (records, ordered, frees, st.op_seq, snapshot)
         };
         let writes = self.data_writes.load(Ordering::SeqCst);
         c.releasing = frees;
@@ -1015,10 +1117,13 @@ impl Inner {
         } else {
             (None, snapshot)
         };
-        let res = self.commit_body(c, records, inline_snapshot, writes);
+        let res = self.commit_body(c, records, ordered, inline_snapshot, writes, force_group);
         match res {
-            Ok(()) => {
+            Ok(wrote_group) => {
                 c.flushed_writes = writes;
+                if wrote_group {
+                    self.groups.fetch_add(1, Ordering::SeqCst);
+                }
                 let frees = std::mem::take(&mut c.releasing);
                 {
                     let mut st = self.state.lock();
@@ -1187,23 +1292,37 @@ impl Inner {
         }
     }
 
+    /// Writes one commit: `records` as a group (or the inline checkpoint `snapshot`), with
+    /// the flushes the durability rules ask for. `writes` is the data-write count read before
+    /// the records were taken: every Flush issued here covers those writes. Returns whether
+    /// a group was written (nothing is written when there is nothing to commit, unless
+    /// `force_group`: then an empty group is).
     fn commit_body(
         &self,
         c: &mut Committer,
         records: Vec<Record>,
+        ordered: bool,
         snapshot: Option<Vec<u8>>,
         writes: u64,
-    ) -> Result<()> {
+        force_group: bool,
+    ) -> Result<bool> {
         let dev = self.dev.as_ref();
         let need_data_flush = writes != c.flushed_writes;
-        if records.is_empty() && snapshot.is_none() {
+        if records.is_empty() && snapshot.is_none() && !force_group {
             if need_data_flush {
                 flush(c.qp.as_mut())?;
             }
-            return Ok(());
+            return Ok(false);
         }
-        // Data the records point at must be durable before the records.
-        if need_data_flush {
+        // A checked group: unordered records (depending only on data their DataChecks cover)
+        // go out with no pre-flush; the one Flush after the log write makes the data and the
+        // group durable together. Replay verifies the checks while the group is the log's
+        // last, and this leader writes nothing after it before that Flush completed. An empty
+        // (forced) group exposes nothing and needs neither the pre-flush nor the flag.
+        let checked = snapshot.is_none() && !ordered && !records.is_empty() && self.data_checks;
+        let skip_pre_flush = snapshot.is_none() && (records.is_empty() || checked);
+        // Otherwise the data the records point at must be durable before the records.
+        if need_data_flush && !skip_pre_flush {
             flush(c.qp.as_mut())?;
         }
         let mut new_segment = || -> Result<ClusterIdx> {
@@ -1215,9 +1334,13 @@ impl Inner {
         match snapshot {
             None => {
                 let payload = encode_all(&records);
-                let writes = c.journal.build_group(&payload, &mut new_segment)?;
+                let flags = if checked { FLAG_CHECKED } else { 0 };
+                let writes = c
+                    .journal
+                    .build_group_flagged(&payload, flags, &mut new_segment)?;
                 if let Some(k) = c.ckpt.as_mut() {
-                    // A background checkpoint must copy this group into its new log.
+                    // A background checkpoint must copy this group into its new log. The copy
+                    // is not checked: it is written after this group's Flush completed.
                     k.catch_up.push(payload);
                 }
                 write_all(
@@ -1276,7 +1399,7 @@ impl Inner {
                 );
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -326,7 +326,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
             }),
         (id.clone(), arb_ns(), vec(any::<u8>(), 1..=MAX_XATTR_NAME))
             .prop_map(|(id, ns, name)| Record::RemoveXattr { id, ns, name }),
-        (id, any::<u64>()).prop_map(|(id, flags)| Record::SetFlags { id, flags }),
+        (id.clone(), any::<u64>()).prop_map(|(id, flags)| Record::SetFlags { id, flags }),
         (any::<u64>(), any::<u64>()).prop_map(|(next_blob_id, blob_count)| {
             Record::SnapshotBegin {
                 next_blob_id,
@@ -334,6 +334,14 @@ fn arb_record() -> impl Strategy<Value = Record> {
             }
         }),
         any::<u64>().prop_map(|blob_count| Record::SnapshotEnd { blob_count }),
+        (id, any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(id, offset, len, crc)| {
+            Record::DataCheck {
+                id,
+                offset,
+                len,
+                crc,
+            }
+        }),
     ]
 }
 
@@ -341,7 +349,7 @@ proptest! {
     #![proptest_config(cfg(1000))]
 
     #[test]
-    fn records_decode_random_bytes(b in vec(any::<u8>(), 0..600), types in vec(1u8..=9, 0..8)) {
+    fn records_decode_random_bytes(b in vec(any::<u8>(), 0..600), types in vec(1u8..=10, 0..8)) {
         // Plain noise, then noise whose first bytes are valid record types.
         let _ = Record::decode_all(&b);
         let mut b = b;

@@ -7,6 +7,8 @@
 //! - 2: the input as superblock fields, with a correct CRC, in one or both copies;
 //! - 3: the input as record groups, laid out by the real log writer as a correctly chained,
 //!   checksummed log (so replay's record semantics are reached, not only the checksums);
+//!   with flag 0x10 the groups after the first are checked groups, so replay verifies the
+//!   last one's `DataCheck`s against the device and may roll it back;
 //! - 4: raw bytes over the snapshot segment.
 //!
 //! Properties: opening never panics; an opened store's check is clean; after a commit on an
@@ -216,8 +218,14 @@ fn crafted_log(mem: &MemDevice, base: &Base, flags: u8, body: &[u8]) {
         next = next % (count - 1) + 1;
         Ok(ClusterIdx(next))
     };
-    for g in &groups {
-        let Ok(writes) = j.build_group(g, &mut new_segment) else {
+    for (i, g) in groups.iter().enumerate() {
+        let checked = flags & 0x10 != 0 && i > 0;
+        let group_flags = if checked {
+            blobstore::format::block::FLAG_CHECKED
+        } else {
+            0
+        };
+        let Ok(writes) = j.build_group_flagged(g, group_flags, &mut new_segment) else {
             return;
         };
         for w in writes {

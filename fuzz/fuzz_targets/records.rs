@@ -1,5 +1,6 @@
-//! `Record::decode_all` on arbitrary record streams. The encoding is canonical, so whatever
-//! decodes must re-encode to the same bytes.
+//! `Record::decode_all` on arbitrary record streams (every record type, `DataCheck`
+//! included). The encoding is canonical, so whatever decodes must re-encode to the same
+//! bytes.
 #![no_main]
 
 use blobstore::format::record::{encode_all, Record};

@@ -302,7 +302,7 @@ fn walk_leniently(
             reason: "not read".into(),
         },
         segments: Vec::new(),
-        table: Table::new(sb.cluster_count),
+        table: Table::new(sb.cluster_count, u64::from(sb.cluster_size)),
     };
     if let Err(e) = recovery::check_device(sb, dev) {
         errors.push(format!("log not read: {e}"));
@@ -781,6 +781,8 @@ impl Serialize for LogView<'_> {
             records: u64,
             bytes_read: u64,
             discarded_blocks: u64,
+            discarded_checked_groups: u64,
+            check_bytes_read: u64,
         }
         #[derive(Serialize)]
         struct Tail<'b> {
@@ -797,6 +799,8 @@ impl Serialize for LogView<'_> {
                 records: l.stats.records,
                 bytes_read: l.stats.bytes_read,
                 discarded_blocks: l.stats.discarded_blocks,
+                discarded_checked_groups: l.stats.discarded_checked_groups,
+                check_bytes_read: l.stats.check_bytes_read,
             },
         )?;
         m.serialize_entry(
@@ -898,7 +902,8 @@ fn record_blob(r: &Record) -> Option<BlobId> {
         | Record::MapRun { id, .. }
         | Record::SetXattr { id, .. }
         | Record::RemoveXattr { id, .. }
-        | Record::SetFlags { id, .. } => Some(*id),
+        | Record::SetFlags { id, .. }
+        | Record::DataCheck { id, .. } => Some(*id),
         Record::SnapshotBegin { .. } | Record::SnapshotEnd { .. } => None,
     }
 }
@@ -1120,6 +1125,18 @@ impl Serialize for Rec<'_> {
             Record::SnapshotEnd { blob_count } => {
                 m.serialize_entry("type", "snapshot_end")?;
                 m.serialize_entry("blob_count", blob_count)?;
+            }
+            Record::DataCheck {
+                id,
+                offset,
+                len,
+                crc,
+            } => {
+                m.serialize_entry("type", "data_check")?;
+                m.serialize_entry("id", &id.0)?;
+                m.serialize_entry("offset", offset)?;
+                m.serialize_entry("len", len)?;
+                m.serialize_entry("crc32c", &format!("{crc:#010x}"))?;
             }
         }
         m.end()

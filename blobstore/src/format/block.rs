@@ -9,7 +9,8 @@
 //! |-------:|-----:|---------------------------------------------------------------|
 //! |      0 |    4 | magic `BFLB`                                                  |
 //! |      4 |    2 | kind: 1 = records, 2 = jump                                   |
-//! |      6 |    2 | flags: bit 0 = the group continues in the next block          |
+//! |      6 |    2 | flags: bit 0 = the group continues in the next block;         |
+//! |        |      |        bit 1 = checked group (on every records block of it)   |
 //! |      8 |    8 | log epoch (from the superblock)                               |
 //! |     16 |    8 | sequence number (previous + 1)                                |
 //! |     24 |    4 | CRC of the previous block (first block: chain seed of epoch)  |
@@ -18,6 +19,11 @@
 //! |     40 |    4 | reserved, zero                                                |
 //! |     44 |    4 | CRC32C of bytes 0..44 followed by the payload                 |
 //! |     48 |    n | payload: a slice of the group's record stream                 |
+//!
+//! A *checked* group was written without first flushing the data it depends on; it carries
+//! `DataCheck` records for that data, and replay verifies them if (and only if) the group is
+//! the last complete group of the log. Other flag bits are reserved (written as zero,
+//! ignored on read).
 
 use super::codec::{le32, le64};
 use crate::error::{corrupt, Result};
@@ -27,6 +33,9 @@ pub const BLOCK_HEADER: usize = 48;
 pub const KIND_RECORDS: u16 = 1;
 pub const KIND_JUMP: u16 = 2;
 pub const FLAG_CONTINUES: u16 = 1;
+/// The group was committed without a data pre-flush: verify its `DataCheck`s if it is the
+/// last group of the log. Set on every records block of the group, never on jump blocks.
+pub const FLAG_CHECKED: u16 = 2;
 
 /// The first `prev_crc` of an epoch's chain.
 pub fn chain_seed(epoch: u64) -> u32 {
@@ -53,6 +62,11 @@ impl BlockHeader {
 
     pub fn continues(&self) -> bool {
         self.flags & FLAG_CONTINUES != 0
+    }
+
+    /// Whether this block belongs to a checked group.
+    pub fn checked(&self) -> bool {
+        self.flags & FLAG_CHECKED != 0
     }
 }
 
@@ -198,6 +212,28 @@ mod tests {
         assert_eq!(dh, h);
         assert_eq!(dp, b"hello records");
         assert_eq!(dc, crc);
+    }
+
+    /// A block of a checked group: flags 3 (continues + checked) at bytes 6..8.
+    #[test]
+    fn golden_bytes_checked() {
+        let (mut h, p) = sample();
+        h.flags = FLAG_CONTINUES | FLAG_CHECKED;
+        let mut out = vec![0u8; 512];
+        encode_block(&h, &p, &mut out);
+        assert_eq!(&out[4..8], &[1, 0, 3, 0]);
+        let mut plain = vec![0u8; 512];
+        let (h0, _) = sample();
+        encode_block(&h0, &p, &mut plain);
+        // Only the flags and the CRC differ from the unchecked block.
+        let differ: Vec<usize> = (0..512).filter(|&i| out[i] != plain[i]).collect();
+        assert!(
+            differ.iter().all(|&i| i == 6 || (44..48).contains(&i)),
+            "{differ:?}"
+        );
+        let (dh, _, _) = decode_block(&out, 9, 100, 0xdeadbeef).unwrap();
+        assert!(dh.checked() && dh.continues());
+        assert!(!h0.checked());
     }
 
     #[test]

@@ -15,6 +15,11 @@
 //! |    7 | SetFlags      | id u64, flags u64                                         |
 //! |    8 | SnapshotBegin | next blob id u64, blob count u64                          |
 //! |    9 | SnapshotEnd   | blob count u64                                            |
+//! |   10 | DataCheck     | id u64, offset u64, length u64, crc u32                   |
+//!
+//! `DataCheck` ("bytes `[offset, offset+length)` of blob `id` have CRC32C `crc`") changes no
+//! table state; it lets replay verify the data a *checked* group depends on when that group
+//! is the last one of the log (see `recovery` and `docs/design.md`). Snapshots never hold it.
 
 use super::codec::{Reader, Writer};
 use crate::error::{corrupt, Result};
@@ -85,6 +90,23 @@ pub enum Record {
     SnapshotEnd {
         blob_count: u64,
     },
+    /// Bytes `[offset, offset + len)` of blob `id` have CRC32C `crc` (see [`data_crc`]).
+    DataCheck {
+        id: BlobId,
+        offset: u64,
+        len: u64,
+        crc: u32,
+    },
+}
+
+/// The checksum a [`Record::DataCheck`] carries: CRC32C (Castagnoli) of the bytes.
+pub fn data_crc(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
+/// Continues a [`data_crc`] over more bytes (`data_crc(a ++ b) == data_crc_append(data_crc(a), b)`).
+pub fn data_crc_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
 }
 
 const T_CREATE: u8 = 1;
@@ -96,6 +118,7 @@ const T_REMX: u8 = 6;
 const T_FLAGS: u8 = 7;
 const T_SNAP_BEGIN: u8 = 8;
 const T_SNAP_END: u8 = 9;
+const T_DATA_CHECK: u8 = 10;
 
 impl Record {
     /// Appends the encoding to `w`.
@@ -151,6 +174,18 @@ impl Record {
             Record::SnapshotEnd { blob_count } => {
                 w.u8(T_SNAP_END).u64(*blob_count);
             }
+            Record::DataCheck {
+                id,
+                offset,
+                len,
+                crc,
+            } => {
+                w.u8(T_DATA_CHECK)
+                    .u64(id.0)
+                    .u64(*offset)
+                    .u64(*len)
+                    .u32(*crc);
+            }
         }
     }
 
@@ -163,6 +198,7 @@ impl Record {
             Record::SetXattr { name, value, .. } => 16 + name.len() + value.len(),
             Record::RemoveXattr { name, .. } => 12 + name.len(),
             Record::SnapshotBegin { .. } => 17,
+            Record::DataCheck { .. } => 29,
         }
     }
 
@@ -223,6 +259,12 @@ impl Record {
             },
             T_SNAP_END => Record::SnapshotEnd {
                 blob_count: r.u64()?,
+            },
+            T_DATA_CHECK => Record::DataCheck {
+                id: BlobId(r.u64()?),
+                offset: r.u64()?,
+                len: r.u64()?,
+                crc: r.u32()?,
             },
             other => return Err(corrupt(format!("record: unknown type {other}"))),
         })
@@ -299,6 +341,12 @@ mod tests {
                 blob_count: 13,
             },
             Record::SnapshotEnd { blob_count: 13 },
+            Record::DataCheck {
+                id: BlobId(14),
+                offset: 0x0102_0304_0506_0708,
+                len: 4096,
+                crc: 0xE306_9283,
+            },
         ]
     }
 
@@ -336,10 +384,28 @@ mod tests {
         u64s(&mut e, &[12, 13]);
         e.push(9);
         u64s(&mut e, &[13]);
+        // DataCheck: type 10, id, offset, length (u64 each), crc u32: 29 bytes.
+        e.push(10);
+        u64s(&mut e, &[14, 0x0102_0304_0506_0708, 4096]);
+        e.extend_from_slice(&0xE306_9283u32.to_le_bytes());
+        assert_eq!(
+            &enc[enc.len() - 29..],
+            &[
+                10, 14, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 0, 16, 0, 0, 0, 0, 0, 0, 0x83,
+                0x92, 0x06, 0xE3
+            ]
+        );
         assert_eq!(enc, e);
         assert_eq!(Record::decode_all(&enc).unwrap(), all_kinds());
         let total: usize = all_kinds().iter().map(|r| r.encoded_len()).sum();
         assert_eq!(total, enc.len());
+    }
+
+    #[test]
+    fn data_crc_is_crc32c() {
+        assert_eq!(data_crc(b"123456789"), 0xE306_9283);
+        assert_eq!(data_crc(b""), 0);
+        assert_eq!(data_crc_append(data_crc(b"1234"), b"56789"), 0xE306_9283);
     }
 
     #[test]
@@ -350,6 +416,11 @@ mod tests {
         }
         assert!(Record::decode_all(&[0]).is_err());
         assert!(Record::decode_all(&[200, 1, 2]).is_err());
+        assert!(Record::decode_all(&[11]).is_err());
+        // A DataCheck one byte short.
+        let mut w = Writer::new();
+        w.u8(10).u64(1).u64(2).u64(3).u16(0).u8(0);
+        assert!(Record::decode_all(&w.buf).is_err());
         // A huge declared xattr length is refused before allocating.
         let mut w = Writer::new();
         w.u8(5).u64(1).u8(0).u16(1).u32(u32::MAX);

@@ -34,10 +34,16 @@ pub const SB_VERSION: u32 = 1;
 pub const SB_SIZE: usize = 4096;
 const CRC_OFF: usize = SB_SIZE - 4;
 
+/// Incompat bit 0, `data_checks`: the log may hold checked groups (block flag bit 1) and
+/// `DataCheck` records (type 10). A build that does not know it would apply a checked last
+/// group without verifying its data, so it must refuse the image. Set by `format`; a store
+/// without it never writes checked groups (checked commits fall back to the ordered path).
+pub const INCOMPAT_DATA_CHECKS: u64 = 1;
+
 /// Feature bits this build understands, per word.
 pub const COMPAT_KNOWN: u64 = 0;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = 0;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_DATA_CHECKS;
 
 /// Largest log start sequence accepted: a log can never hold more blocks than the device
 /// has LBAs, so sequence arithmetic from here on cannot overflow.
@@ -299,5 +305,14 @@ mod tests {
         let mut s = sample();
         s.compat = 1 << 9;
         assert!(Superblock::decode(&s.encode()).is_ok());
+        let mut s = sample();
+        s.incompat = INCOMPAT_DATA_CHECKS;
+        assert_eq!(Superblock::decode(&s.encode()).unwrap().incompat, 1);
+        assert_eq!(&s.encode()[32..40], &[1, 0, 0, 0, 0, 0, 0, 0]);
+        s.incompat = INCOMPAT_DATA_CHECKS | 2;
+        assert!(matches!(
+            Superblock::decode(&s.encode()),
+            Err(Error::Unsupported(_))
+        ));
     }
 }
