@@ -55,6 +55,11 @@ impl PageCache {
         self.shard(ino, page).lock().get(&(ino, gen, page)).cloned()
     }
 
+    /// Whether the page is cached, without making it recently used (read-ahead probes).
+    pub(crate) fn contains(&self, ino: Ino, gen: u64, page: u64) -> bool {
+        self.shard(ino, page).lock().contains(&(ino, gen, page))
+    }
+
     pub(crate) fn put(&self, ino: Ino, gen: u64, page: u64, data: Page) {
         self.shard(ino, page).lock().put((ino, gen, page), data);
     }
@@ -78,6 +83,7 @@ mod tests {
         assert!(held <= 64, "{held} pages held");
         c.put(2, 0, 5, Arc::from(vec![9u8; 4]));
         assert_eq!(c.get(2, 0, 5).as_deref(), Some(&[9u8; 4][..]));
+        assert!(c.contains(2, 0, 5) && !c.contains(2, 1, 5));
         assert_eq!(c.get(2, 1, 5), None);
         c.remove(2, 0, 5);
         assert_eq!(c.get(2, 0, 5), None);

@@ -7,6 +7,7 @@
 //! blobstore's locks.
 
 use crate::error::{Error, Result};
+use crate::file::BeforeIo;
 use crate::inode::{
     check_name, decode_entry, encode_entry, orphan_key, parse_orphan_key, Ino, InodeAttr, Kind,
     Time, KEY_INODE, KEY_MARKER, KEY_SYMLINK, MARKER, ROOT_INO, SYMLINK_MAX, S_IFDIR, S_IFMT,
@@ -156,6 +157,8 @@ pub(crate) struct Inner {
     pub ns: Mutex<()>,
     pub channels: Mutex<Vec<IoChannel>>,
     pub cache: crate::cache::PageCache,
+    pub io_bufs: crate::file::BufPool,
+    pub page_pool: crate::file::PagePool,
     pub dirty_bytes: AtomicU64,
     /// Orphans whose deletion found the blob in use.
     pub retry_orphans: Mutex<Vec<Ino>>,
@@ -257,6 +260,8 @@ impl FileSystem {
             ns: Mutex::new(()),
             channels: Mutex::new(Vec::new()),
             cache: crate::cache::PageCache::new((opts.cache_bytes / PAGE) as usize),
+            io_bufs: crate::file::BufPool::default(),
+            page_pool: crate::file::PagePool::default(),
             dirty_bytes: AtomicU64::new(0),
             retry_orphans: Mutex::new(Vec::new()),
             opts: opts.clone(),
@@ -818,7 +823,7 @@ impl FileSystem {
     /// Runs `f`, and once more after a commit if it ran out of space: clusters freed by
     /// deletes and truncates return only when that change is committed, so without this
     /// `rm big; cp other .` could fail for no reason between two background syncs.
-    fn retry_nospace<T>(&self, f: impl Fn() -> Result<T>) -> Result<T> {
+    fn retry_nospace<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         match f() {
             Err(Error::NoSpace) => {
                 self.inner.store.sync()?;
@@ -831,14 +836,48 @@ impl FileSystem {
     /// Reads up to `len` bytes at `offset` (short at end of file).
     pub fn read(&self, ino: Ino, offset: u64, len: usize) -> Result<Vec<u8>> {
         let inode = self.inner.get(ino)?;
-        self.inner.read(&inode, offset, len)
+        self.inner.read(&inode, offset, len, &mut BeforeIo::none())
+    }
+
+    /// `read`, calling `before_io` once if the read has to wait for the device (it missed
+    /// the caches), right before it does.
+    pub fn read_with(
+        &self,
+        ino: Ino,
+        offset: u64,
+        len: usize,
+        before_io: &mut dyn FnMut(),
+    ) -> Result<Vec<u8>> {
+        let inode = self.inner.get(ino)?;
+        self.inner
+            .read(&inode, offset, len, &mut BeforeIo::new(before_io))
     }
 
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, ino: Ino, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_with(ino, offset, data, &mut || {})
+    }
+
+    /// `write`, calling `before_io` once if the write has to wait for the device (writing
+    /// back dirty data, reading a partly written page, zeroing a gap), right before it
+    /// does.
+    pub fn write_with(
+        &self,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+        before_io: &mut dyn FnMut(),
+    ) -> Result<usize> {
         self.inner.writable()?;
         let inode = self.inner.get(ino)?;
-        self.retry_nospace(|| self.inner.write(&inode, offset, data))
+        let mut io = BeforeIo::new(before_io);
+        self.retry_nospace(|| self.inner.write(&inode, offset, data, &mut io))
+    }
+
+    /// Whether the file has data not yet written back (a `flush` would write).
+    pub fn has_dirty_data(&self, ino: Ino) -> bool {
+        let inode = self.inner.inodes.lock().get(&ino).cloned();
+        inode.is_some_and(|i| !i.st.lock().pages.is_empty())
     }
 
     /// Makes the file's data and attributes durable (also its name if `ino` is a directory

@@ -1,6 +1,7 @@
 //! The FUSE request handlers: one `blobfs::FileSystem` call per request.
 
 use crate::options::MountOptions;
+use crate::threads::{Block, Threads, Turn};
 use blobfs::{Attr, FileSystem, Kind, RenameFlags, SetAttr, Time};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -52,6 +53,7 @@ pub struct BlobFuse {
     next_fh: AtomicU64,
     dirs: Mutex<HashMap<u64, Listing>>,
     status: CloseStatus,
+    threads: Arc<Threads>,
 }
 
 impl BlobFuse {
@@ -64,7 +66,14 @@ impl BlobFuse {
             next_fh: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
             status: CloseStatus::default(),
+            threads: Threads::new(),
         }
+    }
+
+    /// The scheduling state of the request threads (off until [`crate::session`] starts
+    /// it: then every thread goes back to reading after each request).
+    pub(crate) fn threads(&self) -> Arc<Threads> {
+        Arc::clone(&self.threads)
     }
 
     /// A handle on the outcome of the close at the session's end.
@@ -80,6 +89,13 @@ impl BlobFuse {
     /// when frees are waiting for one).
     fn alloc<T>(&self, op: impl Fn(&FileSystem) -> blobfs::Result<T>) -> Result<T, Errno> {
         op(self.fs()?).map_err(err)
+    }
+
+    /// Hands reading over to another thread before a flush that will write back.
+    fn blocking_if_dirty(&self, turn: &Turn<'_>, ino: u64) {
+        if self.fs().is_ok_and(|fs| fs.has_dirty_data(ino)) {
+            turn.blocking(Block::Long);
+        }
     }
 
     fn fh(&self) -> FileHandle {
@@ -236,6 +252,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let _turn = self.threads.enter();
         let r = self
             .fs()
             .and_then(|fs| fs.lookup(parent.0, name(n)).map_err(err));
@@ -243,6 +260,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        let _turn = self.threads.enter();
         // The kernel forgot the inode entirely: drop it from the cache if nothing uses it.
         if let Ok(fs) = self.fs() {
             fs.forget(ino.0);
@@ -250,6 +268,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _turn = self.threads.enter();
         match self.fs().and_then(|fs| fs.getattr(ino.0).map_err(err)) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(e),
@@ -274,6 +293,10 @@ impl Filesystem for BlobFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let turn = self.threads.enter();
+        if size.is_some() {
+            turn.blocking(Block::Long);
+        }
         let set = SetAttr {
             mode,
             uid,
@@ -290,6 +313,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _turn = self.threads.enter();
         match self.fs().and_then(|fs| fs.readlink(ino.0).map_err(err)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(e),
@@ -306,6 +330,7 @@ impl Filesystem for BlobFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.threads.enter();
         let (uid, gid, mode) = self.owner(req, parent.0, mode & !umask, false);
         let r = self.alloc(|fs| fs.mknod(parent.0, name(n), mode, uid, gid, rdev));
         self.entry(reply, r);
@@ -320,12 +345,14 @@ impl Filesystem for BlobFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let _turn = self.threads.enter();
         let (uid, gid, mode) = self.owner(req, parent.0, mode & !umask, true);
         let r = self.alloc(|fs| fs.mkdir(parent.0, name(n), mode, uid, gid));
         self.entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.threads.enter();
         let r = self
             .fs()
             .and_then(|fs| fs.unlink(parent.0, name(n)).map_err(err));
@@ -333,6 +360,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.threads.enter();
         let r = self
             .fs()
             .and_then(|fs| fs.rmdir(parent.0, name(n)).map_err(err));
@@ -347,6 +375,7 @@ impl Filesystem for BlobFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _turn = self.threads.enter();
         let (uid, gid, _) = self.owner(req, parent.0, 0, false);
         let r = self.alloc(|fs| {
             fs.symlink(
@@ -370,6 +399,7 @@ impl Filesystem for BlobFuse {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.threads.enter();
         let known = fuser::RenameFlags::RENAME_NOREPLACE | fuser::RenameFlags::RENAME_EXCHANGE;
         if !known.contains(flags) || flags == known {
             // RENAME_WHITEOUT (overlayfs) is not supported; NOREPLACE|EXCHANGE is invalid.
@@ -394,11 +424,13 @@ impl Filesystem for BlobFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _turn = self.threads.enter();
         let r = self.alloc(|fs| fs.link(ino.0, newparent.0, name(newname)));
         self.entry(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.threads.enter();
         match self.fs().and_then(|fs| fs.open_file(ino.0).map_err(err)) {
             Ok(()) => reply.opened(self.fh(), FopenFlags::empty()),
             Err(e) => reply.error(e),
@@ -416,10 +448,12 @@ impl Filesystem for BlobFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self
-            .fs()
-            .and_then(|fs| fs.read(ino.0, offset, size as usize).map_err(err))
-        {
+        let turn = self.threads.enter();
+        let mut before_io = || turn.blocking(Block::Short);
+        match self.fs().and_then(|fs| {
+            fs.read_with(ino.0, offset, size as usize, &mut before_io)
+                .map_err(err)
+        }) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),
         }
@@ -437,7 +471,13 @@ impl Filesystem for BlobFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.alloc(|fs| fs.write(ino.0, offset, data)) {
+        let turn = self.threads.enter();
+        // Write-back can take a while: always let another thread read meanwhile.
+        let mut before_io = || turn.blocking(Block::Long);
+        match self.fs().and_then(|fs| {
+            fs.write_with(ino.0, offset, data, &mut before_io)
+                .map_err(err)
+        }) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
         }
@@ -451,7 +491,9 @@ impl Filesystem for BlobFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let turn = self.threads.enter();
         // close(2): write back now so that write errors reach the caller.
+        self.blocking_if_dirty(&turn, ino.0);
         let r = self.alloc(|fs| fs.flush(ino.0));
         Self::empty(reply, r);
     }
@@ -466,7 +508,9 @@ impl Filesystem for BlobFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let turn = self.threads.enter();
         // Write back before the handle goes, so that a lack of space can still be retried.
+        self.blocking_if_dirty(&turn, ino.0);
         let _ = self.alloc(|fs| fs.flush(ino.0));
         let r = self.fs().and_then(|fs| fs.release_file(ino.0).map_err(err));
         Self::empty(reply, r);
@@ -480,11 +524,15 @@ impl Filesystem for BlobFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let turn = self.threads.enter();
+        // A commit and a flush: concurrent fsyncs share them if other threads take them.
+        turn.blocking(Block::Long);
         let r = self.alloc(|fs| fs.fsync(ino.0));
         Self::empty(reply, r);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _turn = self.threads.enter();
         let listing = self.fs().and_then(|fs| {
             let entries = fs.readdir(ino.0).map_err(err)?;
             let parent = fs.parent_of(ino.0).map_err(err)?;
@@ -516,6 +564,7 @@ impl Filesystem for BlobFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _turn = self.threads.enter();
         let Some(listing) = self.dirs.lock().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
@@ -537,6 +586,7 @@ impl Filesystem for BlobFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.threads.enter();
         self.dirs.lock().remove(&fh.0);
         reply.ok();
     }
@@ -549,12 +599,15 @@ impl Filesystem for BlobFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let turn = self.threads.enter();
+        turn.blocking(Block::Long);
         // Commits every namespace change made so far, this directory's included.
         let r = self.fs().and_then(|fs| fs.fsync(ino.0).map_err(err));
         Self::empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _turn = self.threads.enter();
         match self.fs() {
             Ok(fs) => {
                 let s = fs.statfs();
@@ -576,6 +629,7 @@ impl Filesystem for BlobFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _turn = self.threads.enter();
         if flags & !(libc::XATTR_CREATE | libc::XATTR_REPLACE) != 0 {
             return reply.error(Errno::EINVAL);
         }
@@ -592,6 +646,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let _turn = self.threads.enter();
         match self
             .fs()
             .and_then(|fs| fs.getxattr(ino.0, name(n)).map_err(err))
@@ -602,6 +657,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _turn = self.threads.enter();
         match self.fs().and_then(|fs| fs.listxattr(ino.0).map_err(err)) {
             Ok(names) => {
                 let mut buf = Vec::new();
@@ -616,6 +672,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let _turn = self.threads.enter();
         let r = self
             .fs()
             .and_then(|fs| fs.removexattr(ino.0, name(n)).map_err(err));
@@ -623,6 +680,7 @@ impl Filesystem for BlobFuse {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _turn = self.threads.enter();
         // Mounted with default_permissions: the kernel has checked already.
         reply.ok();
     }
@@ -637,6 +695,7 @@ impl Filesystem for BlobFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _turn = self.threads.enter();
         let (uid, gid, mode) = self.owner(req, parent.0, mode & !umask, false);
         let r = self
             .alloc(|fs| {

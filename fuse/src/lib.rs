@@ -6,6 +6,8 @@
 //! - [`MountOptions`] parses `-o` option strings (as `mount(8)` and fstab give them) and
 //!   builds the [`fuser::Config`]: `default_permissions` always (the kernel checks
 //!   permissions), `fsname=<image>`, `subtype=blobfs`, several request threads.
+//! - Request threads take turns (`threads.rs`): one reads /dev/fuse and handles what
+//!   does not block; the others wait until a request is about to block on the device.
 //! - [`mount`] and [`Mounted`] mount in-process (a background session with a guard that
 //!   unmounts); [`unmount`], [`find_mount`] and [`is_stale`] deal with mounts by path.
 //!
@@ -16,11 +18,12 @@
 mod filesystem;
 mod mounts;
 mod options;
+mod threads;
 
 pub use filesystem::{BlobFuse, CloseStatus};
 pub use mounts::{
-    find_mount, is_stale, mount, mountpoint_path, mounts, tune_readahead, unmount, wait_unmounted,
-    MountEntry, Mounted, Unmount,
+    find_mount, is_stale, mount, mountpoint_path, mounts, session, tune_readahead, unmount,
+    wait_unmounted, MountEntry, Mounted, Unmount,
 };
 pub use options::{MountOptions, OptionError};
 

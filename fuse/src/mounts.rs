@@ -6,6 +6,7 @@ use blobfs::FileSystem;
 use fuser::BackgroundSession;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -201,6 +202,20 @@ pub fn tune_readahead(p: &Path, kib: u32) -> io::Result<()> {
     )
 }
 
+/// Mounts `bf` at `mountpoint` as `config` says and returns the session, not yet running,
+/// with the request threads set to take turns (one reads, the others wait until a request
+/// blocks: see `threads.rs`). Both [`mount`] and `blobfs mount` start sessions here.
+pub fn session(
+    bf: BlobFuse,
+    mountpoint: &Path,
+    config: &fuser::Config,
+) -> io::Result<fuser::Session<BlobFuse>> {
+    let threads = bf.threads();
+    let s = fuser::Session::new(bf, mountpoint, config)?;
+    threads.start(config.n_threads.unwrap_or(1).max(1), Some(s.as_fd()))?;
+    Ok(s)
+}
+
 /// A filesystem mounted in-process (a background FUSE session). Dropping it detaches the
 /// mount lazily and waits a little for the session to end; [`Mounted::unmount`] is the
 /// clean way, which also reports how closing the filesystem went.
@@ -219,7 +234,7 @@ pub fn mount(fs: FileSystem, mountpoint: &Path, opts: &MountOptions) -> io::Resu
     let mp = mountpoint_path(mountpoint)?;
     let bf = BlobFuse::new(fs, opts);
     let status = bf.close_status();
-    let session = fuser::spawn_mount(bf, &mp, &config)?;
+    let session = session(bf, &mp, &config)?.spawn()?;
     Ok(Mounted {
         session: Some(session),
         mountpoint: mp,

