@@ -240,11 +240,22 @@ impl Inner {
         if st.unlinked && inode.pins.load(Ordering::SeqCst) == 0 {
             return Err(Error::NotFound);
         }
+        let size = st.attr.size;
+        // Before anything changes: bytes a checked record vouched for must stay as they are
+        // until a later group is durable (appends never touch them).
+        self.confirm_before_change(&mut st, offset, end)?;
+        st.tail = match st.tail {
+            Some((from, crc)) if offset == size => {
+                Some((from, blobstore::data_crc_append(crc, data)))
+            }
+            // Below the appended range: those bytes are not vouched for by the next record.
+            Some(t) if end <= t.0 => Some(t),
+            _ => None,
+        };
         st.data_version += 1;
         for idx in offset / PAGE..=(end - 1) / PAGE {
             self.cache.remove(inode.ino, st.cache_gen, idx);
         }
-        let size = st.attr.size;
         if offset > size {
             self.zero_gap(inode, &mut st, size, offset, io)?;
         }
@@ -367,6 +378,12 @@ impl Inner {
             return Err(Error::FileTooBig);
         }
         let old = st.attr.size;
+        if size < old {
+            // Zeroing the rest of the new last page changes bytes a record may vouch for.
+            self.confirm_before_change(st, size, old)?;
+        }
+        // Not an append: the next record takes the ordered path.
+        st.tail = None;
         // Every cached page of the file goes: a new generation.
         st.cache_gen = self.cache.new_generation();
         st.data_version += 1;
@@ -404,6 +421,7 @@ impl Inner {
             t.commit()?;
             st.attr = a;
             st.attr_dirty = false;
+            st.tail = Some((size, 0));
             return Ok(());
         } else if size > old {
             self.zero_gap(inode, st, old, size, &mut BeforeIo::none())?;

@@ -139,6 +139,17 @@ pub(crate) struct InodeState {
     pub ra_window: u64,
     /// nlink reached 0 while open: an orphan, deleted on last release.
     pub unlinked: bool,
+    /// Pure appends since the size in the last inode record queued: (that size, CRC32C of
+    /// the file's bytes from it to `attr.size`). `None` once anything else touched those
+    /// bytes (an overwrite, a gap, a truncate): the next record then takes the ordered path.
+    /// With it, a size-growing record can be committed as a checked group (one flush: the
+    /// store verifies the bytes at replay if that group is the log's last).
+    pub tail: Option<(u64, u32)>,
+    /// Bytes `[from, to)` a checked inode record vouched for, and `groups_committed()` once
+    /// it was durable (`u64::MAX` while not known). Until a later group is durable, those
+    /// bytes must not change on the device (replay would find them differ and discard the
+    /// acknowledged group): a write or truncate touching them confirms first.
+    pub unconfirmed: Option<(u64, u64, u64)>,
 }
 
 /// A cached inode: its blob held open, its state behind a mutex.
@@ -892,6 +903,13 @@ impl FileSystem {
             self.inner.persist_locked(&inode, &mut st)
         })?;
         self.inner.store.sync()?;
+        // Every group counted now holds or follows this file's record: once the count
+        // grows, a later group exists and the checked bytes may change.
+        let g = self.inner.store.groups_committed();
+        let mut st = inode.st.lock();
+        if let Some((a, b, u64::MAX)) = st.unconfirmed {
+            st.unconfirmed = Some((a, b, g));
+        }
         Ok(())
     }
 
@@ -1028,6 +1046,8 @@ impl Inner {
                 ra_next: 0,
                 ra_window: 0,
                 unlinked: false,
+                tail: Some((attr.size, 0)),
+                unconfirmed: None,
             }),
             pins: AtomicU32::new(0),
         });
@@ -1287,11 +1307,56 @@ impl Inner {
     pub(crate) fn persist_locked(&self, inode: &Inode, st: &mut InodeState) -> Result<()> {
         self.write_back(inode, st)?;
         if st.attr_dirty {
-            inode
-                .blob
-                .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
+            let size = st.attr.size;
+            let record = st.attr.encode();
+            match st.tail {
+                // Only appends since the last record: the record can vouch for them with a
+                // check instead of waiting for a flush of the data first. (Their writes
+                // completed in write_back; a cluster they allocated queued an ordered
+                // record, which makes this commit the ordered kind anyway.)
+                Some((from, crc)) if size > from && self.store.supports_data_checks() => {
+                    inode.blob.set_xattr_ns_checked(
+                        XattrNs::Internal,
+                        KEY_INODE,
+                        &record,
+                        &[(from, size - from, crc)],
+                    )?;
+                    st.unconfirmed = Some((from, size, u64::MAX));
+                }
+                _ => inode
+                    .blob
+                    .set_xattr_ns(XattrNs::Internal, KEY_INODE, &record)?,
+            }
             st.attr_dirty = false;
+            st.tail = Some((size, 0));
         }
+        Ok(())
+    }
+
+    /// Before bytes `[from, to)` of the file change: if a checked record vouching for some
+    /// of them may still be in the log's last group, make a later group durable first.
+    pub(crate) fn confirm_before_change(
+        &self,
+        st: &mut InodeState,
+        from: u64,
+        to: u64,
+    ) -> Result<()> {
+        let Some((a, b, g)) = st.unconfirmed else {
+            return Ok(());
+        };
+        if to <= a || from >= b {
+            return Ok(());
+        }
+        if g == u64::MAX {
+            // The record may still be queued: commit it (this commits whatever else is
+            // queued too, as any sync does), then a marker group after it.
+            self.store.sync()?;
+            self.store.confirm()?;
+        } else if self.store.groups_committed() <= g {
+            // Only an empty marker group: nothing queued is committed by it.
+            self.store.confirm()?;
+        }
+        st.unconfirmed = None;
         Ok(())
     }
 
@@ -1313,6 +1378,14 @@ impl Inner {
             }
         }
         self.store.sync()?;
+        // The checked records queued above are now in groups counted here.
+        let g = self.store.groups_committed();
+        for inode in self.inodes.lock().values() {
+            let mut st = inode.st.lock();
+            if let Some((a, b, u64::MAX)) = st.unconfirmed {
+                st.unconfirmed = Some((a, b, g));
+            }
+        }
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),

@@ -714,9 +714,10 @@ impl Blobstore {
         self.inner.groups.load(Ordering::SeqCst)
     }
 
-    /// Writes and flushes a log group now, even if nothing is queued (an empty group when
-    /// nothing is), and returns once a group written after the call started is durable
-    /// (another thread's commit can serve). Everything queued before is durable too.
+    /// Writes and flushes an empty log group (a marker) and returns once a group written
+    /// after the call started is durable (another thread's commit can serve). It does not
+    /// commit what is queued: records not yet synced stay queued for the next commit (call
+    /// `sync` first to have them in a group before the marker).
     ///
     /// Call it before changing bytes covered by a `DataCheck` of a group that may still be
     /// the last one of the log (see [`Blobstore::groups_committed`]): replay verifies the
@@ -1097,11 +1098,17 @@ impl Inner {
         // twice the threshold, checkpoint here (voiding its job) so the log stays within
         // the space reserved for it.
         let too_long = c.journal.bytes >= 2 * self.checkpoint_bytes;
-        let inline = force_checkpoint || (!background && long) || too_long;
-        let bg_snapshot = !inline && background && c.want_snapshot && c.ckpt.is_none();
+        // A forced group (`confirm`) is a marker: an empty group and nothing else. It takes
+        // neither the queued records nor a snapshot (which would hold them too), so what a
+        // caller has not synced is not committed behind its back.
+        let inline = !force_group && (force_checkpoint || (!background && long) || too_long);
+        let bg_snapshot =
+            !force_group && !inline && background && c.want_snapshot && c.ckpt.is_none();
         // Take the queued records (and the snapshot) in one critical section, so that the
         // snapshot is exactly the state after them.
-        let (records, ordered, frees, seq, snapshot) = {
+        let (records, ordered, frees, seq, snapshot) = if force_group {
+            (Vec::new(), false, Vec::new(), 0, None)
+        } else {
             let mut st = self.state.lock();
             let records = std::mem::take(&mut st.pending);
             let ordered = std::mem::take(&mut st.pending_ordered);
