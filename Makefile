@@ -13,6 +13,10 @@
 #   make uninstall  remove what make install put there
 #   make deps       install the Debian packages the build and tests need (idempotent)
 #   make clean      remove build output and the image
+#   make bench      benchmark BlobFS against fio, ext4 (loop device) and RocksDB on ext4, as
+#                   ratios measured in one run (< 20 min, root): prints `bench:` lines and a
+#                   table, writes bench/results.json, bench/ratios.svg, docs/benchmarks.md
+#   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios
 #   make bench-fsck time blobfs fsck on a 64 GiB image of 100,000 files (~7 GiB of disk in
 #                   BENCH_DIR, default $TMPDIR or /tmp; BENCH_ARGS=... passes options)
 #
@@ -154,7 +158,30 @@ clean:
 	rm -f "$(IMAGE)"
 	@rmdir "$(MNT)" 2>/dev/null || true
 
-# Benchmark, not part of `make test`: builds a sparse 64 GiB image holding 100,000 files
+# Benchmarks, not part of `make test`. `blobfs bench` needs fio and db_bench (installed here
+# when missing), the release binary and libblobfs_rocksdb.so next to it, and root (loop
+# devices, mounts). BENCH_ARGS passes options (e.g. BENCH_ARGS="--only blobio,meta").
+BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
+.PHONY: bench bench-quick bench-deps
+bench-deps: deps
+	@missing=""; \
+	for p in $(BENCH_PACKAGES); do \
+		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "bench: installing$$missing"; \
+		$(SUDO) apt-get update -q; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	$(CARGO) build --release -p blobfs-tools -p blobfs-rocksdb
+
+bench: bench-deps
+	$(SUDO) $(BLOBFS) bench --dir "$(BENCH_DIR)" $(BENCH_ARGS)
+
+bench-quick: bench-deps
+	$(SUDO) $(BLOBFS) bench --quick --dir "$(BENCH_DIR)" $(BENCH_ARGS)
+
+# Builds a sparse 64 GiB image holding 100,000 files
 # through the library, then times `blobfs fsck -n` (twice) and `-y` on it and prints
 # `bench:` lines (time and peak RSS; only a clean result is checked). Needs ~7 GiB free.
 BENCH_DIR ?= $(or $(TMPDIR),/tmp)

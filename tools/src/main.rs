@@ -231,6 +231,22 @@ enum Command {
             install` installs it."
     )]
     RocksdbEnv(rocksdb_env::Args),
+    /// Benchmark BlobFS against fio, ext4 and RocksDB on ext4, as ratios measured in one run.
+    #[command(
+        long_about = "Benchmark BlobFS against baselines measured in the same run on \
+        the same machine (these machines are noisy: only ratios mean anything): blob I/O on \
+        the io_uring backend vs fio on the same file (blobio), blob and file create+sync vs \
+        ext4 on a loop device (meta), fio on the FUSE mount vs on ext4 (fuse), db_bench with \
+        --fs_uri=blobfs:// vs db_bench on ext4 (rocksdb), and load time after a crash vs log \
+        length and device size (recovery).\n\n\
+        Prints `bench: case=NAME ours=X baseline=Y unit=U ratio=R` per case (ratio above 1: \
+        BlobFS better; cases with a target say ok or MISS), then a table; writes \
+        OUT/results.json, OUT/ratios.svg and the results section of docs/benchmarks.md. \
+        Needs root (loop devices, mounts), fio, and db_bench (rocksdb-tools) plus \
+        libblobfs_rocksdb.so for the rocksdb group: `make bench` installs and builds them. \
+        A full run takes under 20 minutes; --quick about 3."
+    )]
+    Bench(blobfs_bench::Args),
 }
 
 /// The name this program was started under (its argv[0] without directories).
@@ -294,6 +310,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cp::export(&a, &mut out),
         Command::Import(a) => cp::import(&a, &mut out),
         Command::RocksdbEnv(a) => rocksdb_env::run(&a, &mut out),
+        Command::Bench(a) => blobfs_bench::run(&a),
         Command::Fsck(_) => Ok(()),
     }
     .and_then(|()| out.flush().map_err(anyhow::Error::from));
