@@ -357,8 +357,19 @@ impl Inner {
         });
         res?;
         let n = st.pages.len() as u64 * PAGE;
-        self.page_pool
-            .give(std::mem::take(&mut st.pages).into_values());
+        let pages = std::mem::take(&mut st.pages);
+        if self.opts.cache_written {
+            // Now clean: readable from memory (under the lock, with the current generation,
+            // so no stale page can be put: the next change removes or orphans these).
+            for (idx, p) in &pages {
+                if idx * PAGE < blob_size {
+                    let len = PAGE.min(blob_size - idx * PAGE) as usize;
+                    self.cache
+                        .put(inode.ino, st.cache_gen, *idx, Page::from(&p[..len]));
+                }
+            }
+        }
+        self.page_pool.give(pages.into_values());
         let _ = self
             .dirty_bytes
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {

@@ -38,6 +38,11 @@ pub struct FsOptions {
     /// Clean file pages kept in memory (the device is read with O_DIRECT: there is no
     /// kernel page cache under BlobFS).
     pub cache_bytes: u64,
+    /// Keep written-back pages in that cache, as a kernel page cache keeps written pages.
+    /// Off by default: under FUSE the kernel's page cache already holds what was written,
+    /// and a second copy only churns. On for direct users such as the RocksDB FileSystem,
+    /// where this cache is the only one (RocksDB reads back blocks it has just written).
+    pub cache_written: bool,
     /// Write back and commit everything this often in the background (`None`: never; data
     /// is then durable only on fsync, sync and unmount).
     pub sync_interval: Option<Duration>,
@@ -53,6 +58,7 @@ impl Default for FsOptions {
             file_dirty_limit: 16 << 20,
             readahead_max: 1 << 20,
             cache_bytes: 256 << 20,
+            cache_written: false,
             sync_interval: Some(Duration::from_secs(5)),
             store: OpenOptions::default(),
         }

@@ -551,6 +551,8 @@ impl Harness {
             o.file_dirty_limit = 24 * 1024;
             o.dirty_limit = 64 * 1024;
             o.readahead_max = 160 * 1024;
+            // Written-back pages stay cached (as the RocksDB FileSystem runs it).
+            o.cache_written = true;
         }
         o
     }

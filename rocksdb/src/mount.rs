@@ -97,7 +97,12 @@ impl Lease {
                 mount: Arc::clone(&e.mount),
             });
         }
-        let mut opts = FsOptions::default();
+        let mut opts = FsOptions {
+            // No kernel page cache under us here (unlike FUSE): keep what RocksDB writes
+            // readable from memory, as ext4's page cache does.
+            cache_written: true,
+            ..FsOptions::default()
+        };
         if let Some(every) = parsed.sync_interval {
             opts.sync_interval = every;
         }
