@@ -16,7 +16,8 @@
 #   make bench      benchmark BlobFS against fio, ext4 (loop device) and RocksDB on ext4, as
 #                   ratios measured in one run (< 20 min, root): prints `bench:` lines and a
 #                   table, writes bench/results.json, bench/ratios.svg, docs/benchmarks.md
-#   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios
+#   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios; writes
+#                   bench/quick/ and leaves docs/benchmarks.md alone
 #   make bench-fsck time blobfs fsck on a 64 GiB image of 100,000 files (~7 GiB of disk in
 #                   BENCH_DIR, default $TMPDIR or /tmp; BENCH_ARGS=... passes options)
 #

@@ -43,20 +43,21 @@ pub struct Args {
     /// Needs a few GiB free (about 1 GiB in --quick mode) and O_DIRECT support.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Where to write results.json and ratios.svg.
-    #[arg(long, default_value = "bench")]
-    pub out: PathBuf,
-    /// The Markdown file whose results section is replaced ("" to leave docs alone).
+    /// Where to write results.json and ratios.svg (default: bench, or bench/quick with
+    /// --quick, so a smoke run never replaces the recorded full results).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The Markdown file whose results section is replaced ("" to leave docs alone;
+    /// default: docs/benchmarks.md for a full run, none with --quick).
     // Not clap's PathBuf parser: it refuses the empty value this option documents.
     #[arg(
         long,
-        default_value = "docs/benchmarks.md",
         value_parser = clap::builder::TypedValueParser::map(
             clap::builder::OsStringValueParser::new(),
             PathBuf::from
         )
     )]
-    pub docs: PathBuf,
+    pub docs: Option<PathBuf>,
     /// libblobfs_rocksdb.so for the db_bench cases (default: next to this binary, as
     /// `make bench` builds it).
     #[arg(long)]
@@ -269,18 +270,31 @@ pub fn run(args: &Args) -> Result<()> {
     };
     println!();
     print!("{}", report::table(&run));
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let json = args.out.join("results.json");
+    let out_dir = args.out.clone().unwrap_or_else(|| {
+        if args.quick {
+            PathBuf::from("bench/quick")
+        } else {
+            PathBuf::from("bench")
+        }
+    });
+    let docs = args.docs.clone().unwrap_or_else(|| {
+        if args.quick {
+            PathBuf::new()
+        } else {
+            PathBuf::from("docs/benchmarks.md")
+        }
+    });
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let json = out_dir.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&run)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
-    let svg = args.out.join("ratios.svg");
+    let svg = out_dir.join("ratios.svg");
     report::plot(&run, &svg).with_context(|| format!("writing {}", svg.display()))?;
     let mut wrote = vec![json.display().to_string(), svg.display().to_string()];
-    if !args.docs.as_os_str().is_empty() {
-        report::update_docs(&run, &args.docs, &svg)
-            .with_context(|| format!("updating {}", args.docs.display()))?;
-        wrote.push(args.docs.display().to_string());
+    if !docs.as_os_str().is_empty() {
+        report::update_docs(&run, &docs, &svg)
+            .with_context(|| format!("updating {}", docs.display()))?;
+        wrote.push(docs.display().to_string());
     }
     println!(
         "bench: {} cases, {} misses, {} failures in {}; wrote {}",
