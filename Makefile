@@ -52,6 +52,13 @@ DESTDIR ?=
 # sst_dump: the tests run them), libclang-dev (bindgen, for the `rocksdb` crate).
 APT_PACKAGES := fuse3 librocksdb-dev rocksdb-tools libclang-dev g++
 
+# $(call apt_install,PACKAGES,LABEL): installs those of PACKAGES dpkg says are missing
+# (idempotent, no prompts); `make deps` and `make bench-deps` share it.
+apt_install = missing=""; for p in $(1); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "$(2): installing$$missing"; $(SUDO) apt-get update -q; \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "$(2): all Debian packages present ($(strip $(1)))"; fi
+
 # Root installs directly; anyone else goes through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -124,17 +131,7 @@ uninstall:
 		"$(DESTDIR)$(LIBDIR)/libblobfs_rocksdb.so"
 
 deps: toolcheck
-	@missing=""; \
-	for p in $(APT_PACKAGES); do \
-		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "deps: installing$$missing"; \
-		$(SUDO) apt-get update -q; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	else \
-		echo "deps: all Debian packages present ($(if $(strip $(APT_PACKAGES)),$(strip $(APT_PACKAGES)),none needed))"; \
-	fi
+	@$(call apt_install,$(APT_PACKAGES),deps)
 
 # The Rust toolchain is not installed here (rust-toolchain.toml pins it); say clearly
 # what is missing instead of failing halfway through.
@@ -165,15 +162,7 @@ clean:
 BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
 .PHONY: bench bench-quick bench-deps
 bench-deps: deps
-	@missing=""; \
-	for p in $(BENCH_PACKAGES); do \
-		dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "bench: installing$$missing"; \
-		$(SUDO) apt-get update -q; \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+	@$(call apt_install,$(BENCH_PACKAGES),bench)
 	$(CARGO) build --release -p blobfs-tools -p blobfs-rocksdb
 
 bench: bench-deps

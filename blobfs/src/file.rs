@@ -432,7 +432,7 @@ impl Inner {
             t.commit()?;
             st.attr = a;
             st.attr_dirty = false;
-            st.tail = Some((size, 0));
+            st.tail = self.fresh_tail(size);
             return Ok(());
         } else if size > old {
             self.zero_gap(inode, st, old, size, &mut BeforeIo::none())?;

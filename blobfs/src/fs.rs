@@ -909,13 +909,8 @@ impl FileSystem {
             self.inner.persist_locked(&inode, &mut st)
         })?;
         self.inner.store.sync()?;
-        // Every group counted now holds or follows this file's record: once the count
-        // grows, a later group exists and the checked bytes may change.
         let g = self.inner.store.groups_committed();
-        let mut st = inode.st.lock();
-        if let Some((a, b, u64::MAX)) = st.unconfirmed {
-            st.unconfirmed = Some((a, b, g));
-        }
+        note_committed(&mut inode.st.lock(), g);
         Ok(())
     }
 
@@ -1052,7 +1047,7 @@ impl Inner {
                 ra_next: 0,
                 ra_window: 0,
                 unlinked: false,
-                tail: Some((attr.size, 0)),
+                tail: self.fresh_tail(attr.size),
                 unconfirmed: None,
             }),
             pins: AtomicU32::new(0),
@@ -1320,7 +1315,7 @@ impl Inner {
                 // check instead of waiting for a flush of the data first. (Their writes
                 // completed in write_back; a cluster they allocated queued an ordered
                 // record, which makes this commit the ordered kind anyway.)
-                Some((from, crc)) if size > from && self.store.supports_data_checks() => {
+                Some((from, crc)) if size > from => {
                     inode.blob.set_xattr_ns_checked(
                         XattrNs::Internal,
                         KEY_INODE,
@@ -1334,9 +1329,15 @@ impl Inner {
                     .set_xattr_ns(XattrNs::Internal, KEY_INODE, &record)?,
             }
             st.attr_dirty = false;
-            st.tail = Some((size, 0));
+            st.tail = self.fresh_tail(size);
         }
         Ok(())
+    }
+
+    /// The tail of a file whose last queued record says `size`: nothing appended yet.
+    /// `None` on images without data checks, so appends there compute no CRC.
+    pub(crate) fn fresh_tail(&self, size: u64) -> Option<(u64, u32)> {
+        self.store.supports_data_checks().then_some((size, 0))
     }
 
     /// Before bytes `[from, to)` of the file change: if a checked record vouching for some
@@ -1375,22 +1376,24 @@ impl Inner {
         // One file failing (out of space) must not keep the others, and the commit that
         // releases freed clusters, from happening.
         let mut first_err = None;
+        // Files whose record went as a checked one: their commit is known after the sync.
+        let mut checked = Vec::new();
         for inode in inodes {
             let mut st = inode.st.lock();
             if !st.pages.is_empty() || st.attr_dirty {
                 if let Err(e) = self.persist_locked(&inode, &mut st) {
                     first_err.get_or_insert(e);
                 }
+                if matches!(st.unconfirmed, Some((_, _, u64::MAX))) {
+                    drop(st);
+                    checked.push(inode);
+                }
             }
         }
         self.store.sync()?;
-        // The checked records queued above are now in groups counted here.
         let g = self.store.groups_committed();
-        for inode in self.inodes.lock().values() {
-            let mut st = inode.st.lock();
-            if let Some((a, b, u64::MAX)) = st.unconfirmed {
-                st.unconfirmed = Some((a, b, g));
-            }
+        for inode in &checked {
+            note_committed(&mut inode.st.lock(), g);
         }
         match first_err {
             Some(e) => Err(e),
@@ -1410,6 +1413,15 @@ impl Inner {
             self.channels.lock().push(ch);
         }
         r
+    }
+}
+
+/// After a sync returned with `g` groups committed: a checked record queued before it is in
+/// one of them, so once the count grows past `g` a later group exists and the bytes it
+/// vouched for may change (see `Inner::confirm_before_change`).
+fn note_committed(st: &mut InodeState, g: u64) {
+    if let Some((a, b, u64::MAX)) = st.unconfirmed {
+        st.unconfirmed = Some((a, b, g));
     }
 }
 
