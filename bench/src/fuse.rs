@@ -128,11 +128,10 @@ pub fn run(ctx: &Ctx, out: &mut Results) -> Result<()> {
             .with_context(|| format!("{}: fio on the BlobFS mount", p.case))?;
         let (o, b, unit) = figures(p, &mine, &base);
         let cache_note = if write {
-            "psync buffered writes, QD1; the fsync at the end is in the job's time. ext4 keeps \
-             the whole file dirty in its page cache (written back in the background), so its \
-             figure is mostly memory speed; on the FUSE mount every write(2) is a round trip \
-             to our server (a WRITE, and before it a GETXATTR of security.capability, which \
-             the kernel sends before every write to a FUSE file)"
+            "psync buffered writes, QD1; the fsync at the end is in the job's time. Both sides \
+             keep written pages dirty in the kernel's page cache and write them back in the \
+             background and at the fsync (ours: the FUSE writeback cache, with the kernel's \
+             strict per-mount dirty cap lifted, sending writes of up to 1 MiB to the server)"
                 .to_string()
         } else {
             format!(
@@ -154,7 +153,7 @@ pub fn run(ctx: &Ctx, out: &mut Results) -> Result<()> {
             target: Some(p.target),
             ours_how: format!(
                 "{} ({} GiB image, `blobfs mount` with default options: 4 request threads, \
-                 no writeback cache)",
+                 kernel writeback cache)",
                 job.command(&our_file),
                 image_size >> 30
             ),

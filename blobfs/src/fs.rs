@@ -979,6 +979,57 @@ impl FileSystem {
         Ok(())
     }
 
+    /// What Linux does to a file whose data or owner changes (`file_remove_privs`): drops
+    /// its `security.capability` xattr always, and with `kill_suidgid` clears set-user-ID
+    /// and (when group-executable) set-group-ID. Called by a server that asked the kernel to
+    /// leave this to it (FUSE_HANDLE_KILLPRIV_V2); costs two lookups when there is nothing
+    /// to drop, which is nearly always.
+    pub fn remove_privs(&self, ino: Ino, kill_suidgid: bool) -> Result<()> {
+        const CAPS: &[u8] = b"security.capability";
+        const S_ISUID: u32 = 0o4000;
+        const S_ISGID: u32 = 0o2000;
+        const S_IXGRP: u32 = 0o0010;
+        let inode = self.inner.get(ino)?;
+        let drop_mode = {
+            let st = inode.st.lock();
+            if st.attr.kind() == Kind::Dir {
+                return Ok(());
+            }
+            let m = st.attr.mode;
+            let mut drop = 0;
+            if kill_suidgid {
+                if m & S_ISUID != 0 {
+                    drop |= S_ISUID;
+                }
+                if m & (S_ISGID | S_IXGRP) == S_ISGID | S_IXGRP {
+                    drop |= S_ISGID;
+                }
+            }
+            drop
+        };
+        if inode.blob.get_xattr(CAPS).is_some() {
+            match self.removexattr(ino, CAPS) {
+                Ok(()) | Err(Error::NoAttr) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if drop_mode != 0 {
+            self.inner.writable()?;
+            let _ns = self.inner.ns.lock();
+            let mut st = inode.st.lock();
+            st.attr.mode &= !drop_mode;
+            st.attr.ctime = Time::now();
+            if st.attr.kind() == Kind::File {
+                st.attr_dirty = true;
+            } else {
+                inode
+                    .blob
+                    .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops a cached inode that no handle uses (after the kernel forgets it).
     pub fn forget(&self, ino: Ino) {
         let mut map = self.inner.inodes.lock();

@@ -57,6 +57,11 @@ pub struct BlobFuse {
 }
 
 impl BlobFuse {
+    /// Whether the kernel is asked for its writeback cache.
+    pub fn writeback_cache(&self) -> bool {
+        self.writeback_cache
+    }
+
     /// Serves `fs` as `opts` say (cache lifetimes, writeback cache).
     pub fn new(fs: FileSystem, opts: &MountOptions) -> BlobFuse {
         BlobFuse {
@@ -236,6 +241,11 @@ impl Filesystem for BlobFuse {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_DIO,
+            // We drop set-user-ID/set-group-ID bits and file capabilities on write, truncate
+            // and chown ourselves (`Fs::remove_privs`). In return the kernel marks the
+            // superblock SB_NOSEC and stops asking GETXATTR security.capability before every
+            // write(2): without this, each write costs two round trips to the server.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(f);
         }
@@ -277,7 +287,7 @@ impl Filesystem for BlobFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -296,6 +306,19 @@ impl Filesystem for BlobFuse {
         let turn = self.threads.enter();
         if size.is_some() {
             turn.blocking(Block::Long);
+        }
+        // HANDLE_KILLPRIV_V2: the kernel leaves dropping privileges to us. fuser does not pass
+        // FATTR_KILL_SUIDGID on, so do what the kernel asks for: on chown always, on a size
+        // change unless the caller is root (a stand-in for CAP_FSETID).
+        if uid.is_some() || gid.is_some() || size.is_some() {
+            let kill = uid.is_some() || gid.is_some() || req.uid() != 0;
+            if let Err(e) = self
+                .fs()
+                .and_then(|fs| fs.remove_privs(ino.0, kill).map_err(err))
+            {
+                reply.error(e);
+                return;
+            }
         }
         let set = SetAttr {
             mode,
@@ -466,12 +489,21 @@ impl Filesystem for BlobFuse {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let turn = self.threads.enter();
+        // HANDLE_KILLPRIV_V2: the kernel sets KILL_SUIDGID when the writer lacks CAP_FSETID.
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        if let Err(e) = self
+            .fs()
+            .and_then(|fs| fs.remove_privs(ino.0, kill).map_err(err))
+        {
+            reply.error(e);
+            return;
+        }
         // Write-back can take a while: always let another thread read meanwhile.
         let mut before_io = || turn.blocking(Block::Long);
         match self.fs().and_then(|fs| {

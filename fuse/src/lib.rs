@@ -22,8 +22,8 @@ mod threads;
 
 pub use filesystem::{BlobFuse, CloseStatus};
 pub use mounts::{
-    find_mount, is_stale, mount, mountpoint_path, mounts, session, tune_readahead, unmount,
-    wait_unmounted, MountEntry, Mounted, Unmount,
+    find_mount, is_stale, lift_strict_dirty_limit, mount, mountpoint_path, mounts, session,
+    tune_readahead, unmount, wait_unmounted, MountEntry, Mounted, Unmount,
 };
 pub use options::{MountOptions, OptionError};
 

@@ -194,25 +194,62 @@ pub fn wait_unmounted(entry: &MountEntry, timeout: Duration) -> bool {
 /// `init` can only lower it). Best effort: needs root and sysfs. Looks only at mountinfo,
 /// never at the mount itself, so it may be called before the session serves requests.
 pub fn tune_readahead(p: &Path, kib: u32) -> io::Result<()> {
+    write_bdi(p, "read_ahead_kb", &kib.to_string())
+}
+
+/// Lets the mount at `p` keep as many dirty pages in the kernel's page cache as any disk
+/// filesystem may. The kernel caps a FUSE mount at 1% of the dirty threshold, strictly
+/// (`strict_limit`: throttled even when the system has few dirty pages), to stop an
+/// untrusted server from pinning memory; with the writeback cache that cap turns 4 KiB
+/// random writes into ~70k round trips per second instead of memory-speed writes (measured:
+/// 73k vs 524k IOPS, fio psync on a 1 GiB file). Our server is the storage stack itself
+/// and writes its device with O_DIRECT, so it cannot deadlock on page-cache writeback. The
+/// per-mount share (`max_ratio`, 1%) still applies once the system is near its own dirty
+/// limits. Needs root and Linux 6.2 or later (sysfs `strict_limit`); best effort.
+pub fn lift_strict_dirty_limit(p: &Path) -> io::Result<()> {
+    write_bdi(p, "strict_limit", "0")
+}
+
+/// Writes `value` to the backing-device attribute `name` of the mount at `p`.
+fn write_bdi(p: &Path, name: &str, value: &str) -> io::Result<()> {
     let m = find_mount(p)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "not a mountpoint"))?;
     std::fs::write(
-        format!("/sys/class/bdi/{}:{}/read_ahead_kb", m.dev.0, m.dev.1),
-        kib.to_string(),
+        format!("/sys/class/bdi/{}:{}/{name}", m.dev.0, m.dev.1),
+        value,
     )
 }
 
 /// Mounts `bf` at `mountpoint` as `config` says and returns the session, not yet running,
 /// with the request threads set to take turns (one reads, the others wait until a request
-/// blocks: see `threads.rs`). Both [`mount`] and `blobfs mount` start sessions here.
+/// blocks: see `threads.rs`). Both [`mount`] and `blobfs mount` start sessions here. The
+/// mount's read-ahead is raised to 4 MiB (about a tenth faster than 1 MiB reading a 1 GiB
+/// file with fio, 1 MiB reads; FUSE starts at 128 KiB) and, with the writeback cache, the
+/// kernel's strict dirty-page cap is lifted ([`lift_strict_dirty_limit`]). Both are best
+/// effort: a failure is logged, the mount works either way.
 pub fn session(
     bf: BlobFuse,
     mountpoint: &Path,
     config: &fuser::Config,
 ) -> io::Result<fuser::Session<BlobFuse>> {
     let threads = bf.threads();
+    let writeback_cache = bf.writeback_cache();
     let s = fuser::Session::new(bf, mountpoint, config)?;
     threads.start(config.n_threads.unwrap_or(1).max(1), Some(s.as_fd()))?;
+    if let Err(e) = tune_readahead(mountpoint, 4096) {
+        log::info!(
+            "cannot raise the read-ahead of {}: {e}",
+            mountpoint.display()
+        );
+    }
+    if writeback_cache {
+        if let Err(e) = lift_strict_dirty_limit(mountpoint) {
+            log::warn!(
+                "cannot lift the kernel's dirty-page cap of {} (writes stay throttled): {e}",
+                mountpoint.display()
+            );
+        }
+    }
     Ok(s)
 }
 

@@ -45,7 +45,8 @@ pub struct MountOptions {
     pub sync: Option<bool>,
     pub dirsync: bool,
     /// Let the kernel cache writes (FUSE_WRITEBACK_CACHE) and send them in big batches.
-    /// Off by default: experimental (see docs/design.md).
+    /// On by default; the session also lifts the kernel's strict dirty-page cap of the
+    /// mount (see docs/design.md).
     pub writeback_cache: bool,
 }
 
@@ -65,7 +66,7 @@ impl Default for MountOptions {
             atime: None,
             sync: None,
             dirsync: false,
-            writeback_cache: false,
+            writeback_cache: true,
         }
     }
 }

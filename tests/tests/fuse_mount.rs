@@ -640,3 +640,73 @@ fn dropping_the_guard_unmounts_even_when_busy() {
     assert_eq!(status.get(), Some(Ok(())));
     fx.check_clean();
 }
+
+/// The server drops privileges itself (FUSE_HANDLE_KILLPRIV_V2, which spares a GETXATTR
+/// round trip per write): what Linux does on ext4 must still happen.
+#[test]
+fn writes_truncates_and_chown_drop_setuid_and_capabilities() {
+    use std::os::unix::process::CommandExt;
+    let fx = fixture(64 << 20);
+    // Another user must reach the mount: allow_other, and a path it may traverse.
+    fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut m = fx.mount("allow_other");
+    let f = fx.p("prog");
+    fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let append_as = |uid: u32, p: &Path| {
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf x >> '{}'", p.display()))
+            .uid(uid)
+            .gid(uid)
+            .status()
+            .unwrap();
+        assert!(st.success(), "append as uid {uid} failed: {st:?}");
+    };
+
+    // Root (CAP_FSETID) keeps the bits when writing; another user's write drops them.
+    chmod(&f, 0o6777);
+    append_as(0, &f);
+    assert_eq!(mode(&f), 0o6777, "a write by root keeps set-ID bits");
+    append_as(65534, &f);
+    assert_eq!(
+        mode(&f),
+        0o0777,
+        "a write by another user drops set-ID bits"
+    );
+    // Set-group-ID without group execute is mandatory locking, not privilege: kept.
+    chmod(&f, 0o2767);
+    append_as(65534, &f);
+    assert_eq!(mode(&f), 0o2767);
+
+    // chown drops set-user-ID even for root.
+    chmod(&f, 0o4755);
+    std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
+    assert_eq!(mode(&f), 0o0755, "chown drops set-user-ID");
+    // Truncate by root keeps them (CAP_FSETID).
+    chmod(&f, 0o4755);
+    OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(3)
+        .unwrap();
+    assert_eq!(mode(&f), 0o4755);
+
+    // File capabilities go on any write, even root's. A version-2 vfs_cap_data: magic,
+    // then permitted/inheritable words for capabilities 0-31 and 32-63.
+    let mut caps = Vec::new();
+    for w in [0x0200_0000u32, 1, 0, 0, 0] {
+        caps.extend_from_slice(&w.to_le_bytes());
+    }
+    chmod(&f, 0o755);
+    xattr::set(&f, "security.capability", &caps).unwrap();
+    assert!(xattr::get(&f, "security.capability").unwrap().is_some());
+    append_as(0, &f);
+    assert_eq!(xattr::get(&f, "security.capability").unwrap(), None);
+    assert_eq!(fs::read(&f).unwrap(), b"#!/x");
+
+    m.unmount().unwrap();
+    fx.check_clean();
+}

@@ -86,7 +86,7 @@ pub fn open_fs(image: &Path, read_only: bool) -> FileSystem {
 
 impl Fixture {
     /// Mounts the image with `-o opts`, plus whatever `BLOBFS_TEST_MOUNT_OPTIONS` says
-    /// (e.g. `writeback_cache`, to run the suite with the kernel's writeback cache).
+    /// (e.g. `no_writeback_cache`, to run the suite without the kernel's writeback cache).
     pub fn mount(&self, opts: &str) -> Mounted {
         let mut o = MountOptions {
             fsname: self.image.display().to_string(),
