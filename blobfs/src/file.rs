@@ -31,6 +31,26 @@ const RUN_BYTES: usize = (RUN_PAGES * PAGE) as usize;
 /// Full-run write-back buffers kept for reuse (16 MiB).
 const POOL_MAX: usize = 16;
 
+/// The file's dirty pages inside the blob as runs of consecutive pages (first index, page
+/// indexes), each at most `RUN_PAGES` long: one device write each.
+pub(crate) fn dirty_runs(st: &InodeState, blob_size: u64) -> Vec<(u64, Vec<u64>)> {
+    let mut runs: Vec<(u64, Vec<u64>)> = Vec::new();
+    for &idx in st.pages.keys() {
+        if idx * PAGE >= blob_size {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((start, pages))
+                if *start + pages.len() as u64 == idx && (pages.len() as u64) < RUN_PAGES =>
+            {
+                pages.push(idx)
+            }
+            _ => runs.push((idx, vec![idx])),
+        }
+    }
+    runs
+}
+
 /// I/O buffers of full runs, reused: a fresh aligned megabyte for every run (allocated,
 /// zeroed, faulted in) cost about a quarter of the FUSE server's CPU time in sequential
 /// writes. Every byte of a reused buffer is overwritten before use: by the pages written
@@ -303,59 +323,84 @@ impl Inner {
             return Ok(());
         }
         let blob_size = inode.blob.size();
-        // Runs of consecutive pages, each one device write.
-        let mut runs: Vec<(u64, Vec<u64>)> = Vec::new();
-        for &idx in st.pages.keys() {
-            if idx * PAGE >= blob_size {
-                continue;
-            }
-            match runs.last_mut() {
-                Some((start, pages))
-                    if *start + pages.len() as u64 == idx && (pages.len() as u64) < RUN_PAGES =>
-                {
-                    pages.push(idx)
-                }
-                _ => runs.push((idx, vec![idx])),
-            }
-        }
-        let pages = &st.pages;
-        let res = self.with_channel(|ch| {
-            let mut out = Vec::new();
-            let mut first_err = None;
-            for (tag, (start, idxs)) in runs.iter().enumerate() {
-                let off = start * PAGE;
-                let len = (idxs.len() as u64 * PAGE).min(blob_size - off);
-                let mut buf = self.io_bufs.take(len as usize);
-                for (i, idx) in idxs.iter().enumerate() {
-                    let a = i * PAGE as usize;
-                    let b = (a + PAGE as usize).min(len as usize);
-                    if let Some(p) = pages.get(idx) {
-                        buf.as_mut_slice()[a..b].copy_from_slice(&p[..b - a]);
-                    }
-                }
-                if let Err((e, _)) = ch.submit_write(&inode.blob, off, buf, tag as u64) {
-                    first_err.get_or_insert(Error::from(e));
-                    break;
-                }
-                while ch.in_flight() >= 32 {
-                    ch.wait(&mut out);
+        let runs = dirty_runs(st, blob_size);
+        self.with_channel(|ch| {
+            let submitted = self.submit_runs(ch, inode, st, &runs, blob_size);
+            let reaped = self.reap_writes(ch);
+            submitted.and(reaped)
+        })?;
+        self.written_back(inode, st, blob_size);
+        Ok(())
+    }
+
+    /// Submits one write per run of dirty pages (copied into I/O buffers: the pages stay
+    /// free to change) without waiting for them; stops at the first refused submission.
+    pub(crate) fn submit_runs(
+        &self,
+        ch: &mut blobstore::IoChannel,
+        inode: &Inode,
+        st: &InodeState,
+        runs: &[(u64, Vec<u64>)],
+        blob_size: u64,
+    ) -> Result<()> {
+        let mut out = Vec::new();
+        let mut res = Ok(());
+        for (tag, (start, idxs)) in runs.iter().enumerate() {
+            let off = start * PAGE;
+            let len = (idxs.len() as u64 * PAGE).min(blob_size - off);
+            let mut buf = self.io_bufs.take(len as usize);
+            for (i, idx) in idxs.iter().enumerate() {
+                let a = i * PAGE as usize;
+                let b = (a + PAGE as usize).min(len as usize);
+                if let Some(p) = st.pages.get(idx) {
+                    buf.as_mut_slice()[a..b].copy_from_slice(&p[..b - a]);
                 }
             }
-            while ch.in_flight() > 0 {
+            if let Err((e, buf)) = ch.submit_write(&inode.blob, off, buf, tag as u64) {
+                self.io_bufs.give(buf);
+                res = Err(Error::from(e));
+                break;
+            }
+            while ch.in_flight() >= 32 {
                 ch.wait(&mut out);
             }
-            for c in out {
-                if let Err(e) = c.result {
-                    first_err.get_or_insert(Error::from(e));
+        }
+        // Completions collected while submitting: their results still count.
+        for c in out {
+            if let Err(e) = c.result {
+                if res.is_ok() {
+                    res = Err(Error::from(e));
                 }
-                self.io_bufs.give(c.buf);
             }
-            match first_err {
-                Some(e) => Err(e),
-                None => Ok(()),
+            self.io_bufs.give(c.buf);
+        }
+        res
+    }
+
+    /// Waits for every write in flight on `ch`; returns the first error.
+    pub(crate) fn reap_writes(&self, ch: &mut blobstore::IoChannel) -> Result<()> {
+        self.reap_writes_raw(ch).map_err(Error::from)
+    }
+
+    /// `reap_writes` with the blobstore's error (for `Blobstore::sync_overlapped`).
+    pub(crate) fn reap_writes_raw(&self, ch: &mut blobstore::IoChannel) -> blobstore::Result<()> {
+        let mut out = Vec::new();
+        while ch.in_flight() > 0 {
+            ch.wait(&mut out);
+        }
+        let mut first_err = None;
+        for c in out {
+            if let Err(e) = c.result {
+                first_err.get_or_insert(e);
             }
-        });
-        res?;
+            self.io_bufs.give(c.buf);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// After the dirty pages' writes completed: they are clean (cached if the options say
+    /// so) and no longer count as dirty.
+    pub(crate) fn written_back(&self, inode: &Inode, st: &mut InodeState, blob_size: u64) {
         let n = st.pages.len() as u64 * PAGE;
         let pages = std::mem::take(&mut st.pages);
         if self.opts.cache_written {
@@ -375,7 +420,6 @@ impl Inner {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
                 Some(d.saturating_sub(n))
             });
-        Ok(())
     }
 
     /// Truncates or extends the file to `size` (caller holds the inode's state).

@@ -57,6 +57,18 @@ impl Blob {
         self.entry.meta.read().allocated()
     }
 
+    /// Whether every cluster overlapping bytes `[offset, offset + len)` is allocated (a
+    /// write there then allocates nothing and queues no mapping).
+    pub fn is_mapped(&self, offset: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let cs = self.inner.cluster_size;
+        let (first, last) = (offset / cs, (offset + len - 1) / cs);
+        let meta = self.entry.meta.read();
+        (first..=last).all(|i| meta.clusters.get(i as usize).is_some_and(|c| c.is_some()))
+    }
+
     pub fn flags(&self) -> u64 {
         self.entry.meta.read().flags
     }

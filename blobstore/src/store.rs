@@ -689,6 +689,29 @@ impl Blobstore {
         self.inner.sync()
     }
 
+    /// `sync` for a caller whose checked records (`Blob::set_xattr_ns_checked`) vouch for
+    /// data writes still in flight: the log write overlaps the data writes instead of
+    /// following them (one write latency less per fsync of an append).
+    ///
+    /// `queue` applies the caller's records; `wait` waits until the data writes submitted
+    /// before the call have completed, returning their first error. `wait` is always called
+    /// exactly once. If nobody else is committing, this thread becomes the commit leader,
+    /// calls `queue` (so no other leader can take those records before the data is
+    /// complete), writes the group, calls `wait` and only then issues the Flush, which makes
+    /// the data and the group durable together; replay drops the group if the data did not
+    /// land. If the group turns out to need the ordered path (another thread queued a cluster
+    /// mapping, or a checkpoint is due), `wait` runs before the pre-commit Flush instead. A
+    /// failing `wait` at that point turns the store read-only: the group may already be on
+    /// the device and cannot be taken back. If another leader is committing, this is
+    /// simply `wait`, `queue`, `sync` (the records join the next shared group).
+    pub fn sync_overlapped(
+        &self,
+        queue: impl FnOnce() -> Result<()>,
+        wait: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        self.inner.sync_overlapped(queue, wait)
+    }
+
     /// Writes a checkpoint now (a snapshot in a fresh log), so the next load replays nothing
     /// but that snapshot.
     pub fn checkpoint(&self) -> Result<()> {
@@ -1021,6 +1044,51 @@ impl Inner {
         }
     }
 
+    /// See `Blobstore::sync_overlapped`.
+    pub(crate) fn sync_overlapped(
+        &self,
+        queue: impl FnOnce() -> Result<()>,
+        wait: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        let lead = self.check_writable().is_ok() && {
+            let mut ctl = self.ctl.lock();
+            !ctl.leader && {
+                ctl.leader = true;
+                true
+            }
+        };
+        if !lead {
+            // Someone is committing (or the store cannot commit): no overlap to be had.
+            wait()?;
+            queue()?;
+            return self.sync();
+        }
+        // Leader: no other thread takes the queued records until this commit does.
+        let res = match queue() {
+            Ok(()) => {
+                let mut wait = Some(wait);
+                let mut hook = || wait.take().map_or(Ok(()), |w| w());
+                let r = self.lead_commit_with(false, false, Some(&mut hook));
+                // A commit that wrote nothing never called the hook.
+                let w = hook();
+                r.and_then(|x| w.map(|()| x))
+            }
+            Err(e) => {
+                let _ = wait();
+                Err(e)
+            }
+        };
+        let mut ctl = self.ctl.lock();
+        ctl.leader = false;
+        if let Ok((seq, w)) = res {
+            ctl.durable_seq = ctl.durable_seq.max(seq);
+            ctl.flushed_writes = ctl.flushed_writes.max(w);
+        }
+        self.cv.notify_all();
+        drop(ctl);
+        res.map(|_| ())
+    }
+
     /// Returns once a group written after the call started is durable (see
     /// `Blobstore::confirm`). A leader already running when we start also writes after every
     /// group acknowledged before the call (leaders run one at a time, each waits for its own
@@ -1085,6 +1153,17 @@ impl Inner {
     }
 
     fn lead_commit(&self, force_checkpoint: bool, force_group: bool) -> Result<(u64, u64)> {
+        self.lead_commit_with(force_checkpoint, force_group, None)
+    }
+
+    /// `lead_commit` with a hook that waits for data writes still in flight which the taken
+    /// records depend on (`sync_overlapped`): called before the Flush that must cover them.
+    fn lead_commit_with(
+        &self,
+        force_checkpoint: bool,
+        force_group: bool,
+        hook: Option<&mut dyn FnMut() -> Result<()>>,
+    ) -> Result<(u64, u64)> {
         let mut guard = self.committer.lock();
         // A leader that failed turned the store read-only while holding the committer, and
         // took the pending records with it: a commit now would find nothing to write and
@@ -1124,7 +1203,17 @@ impl Inner {
         } else {
             (None, snapshot)
         };
-        let res = self.commit_body(c, records, ordered, inline_snapshot, writes, force_group);
+        let res = self.commit_body(
+            c,
+            Taken {
+                records,
+                ordered,
+                snapshot: inline_snapshot,
+                writes,
+                force_group,
+            },
+            hook,
+        );
         match res {
             Ok(wrote_group) => {
                 c.flushed_writes = writes;
@@ -1299,22 +1388,26 @@ impl Inner {
         }
     }
 
-    /// Writes one commit: `records` as a group (or the inline checkpoint `snapshot`), with
-    /// the flushes the durability rules ask for. `writes` is the data-write count read before
-    /// the records were taken: every Flush issued here covers those writes. Returns whether
+    /// Writes one commit: the taken records as a group (or the inline checkpoint snapshot),
+    /// with the flushes the durability rules ask for; `hook` (see `lead_commit_with`) runs
+    /// before the first Flush that must cover the caller's in-flight data. Returns whether
     /// a group was written (nothing is written when there is nothing to commit, unless
     /// `force_group`: then an empty group is).
     fn commit_body(
         &self,
         c: &mut Committer,
-        records: Vec<Record>,
-        ordered: bool,
-        snapshot: Option<Vec<u8>>,
-        writes: u64,
-        force_group: bool,
+        taken: Taken,
+        mut hook: Option<&mut dyn FnMut() -> Result<()>>,
     ) -> Result<bool> {
+        let Taken {
+            records,
+            ordered,
+            snapshot,
+            writes,
+            force_group,
+        } = taken;
         let dev = self.dev.as_ref();
-        let need_data_flush = writes != c.flushed_writes;
+        let mut need_data_flush = writes != c.flushed_writes;
         if records.is_empty() && snapshot.is_none() && !force_group {
             if need_data_flush {
                 flush(c.qp.as_mut())?;
@@ -1328,6 +1421,14 @@ impl Inner {
         // (forced) group exposes nothing and needs neither the pre-flush nor the flag.
         let checked = snapshot.is_none() && !ordered && !records.is_empty() && self.data_checks;
         let skip_pre_flush = snapshot.is_none() && (records.is_empty() || checked);
+        if !skip_pre_flush {
+            if let Some(h) = hook.take() {
+                // Ordered after all: the in-flight data must be complete before the
+                // pre-flush, which then must happen.
+                h()?;
+                need_data_flush = true;
+            }
+        }
         // Otherwise the data the records point at must be durable before the records.
         if need_data_flush && !skip_pre_flush {
             flush(c.qp.as_mut())?;
@@ -1354,6 +1455,11 @@ impl Inner {
                     c.qp.as_mut(),
                     log_writes_to_ops(writes, dev, self.cluster_size),
                 )?;
+                // The data a checked group vouches for must be complete before the Flush
+                // (a Flush covers only writes completed when it is issued).
+                if let Some(h) = hook.take() {
+                    h()?;
+                }
                 flush(c.qp.as_mut())?;
             }
             Some(payload) => {
@@ -1408,6 +1514,20 @@ impl Inner {
         }
         Ok(true)
     }
+}
+
+/// What a leader took for one commit (`commit_body`).
+struct Taken {
+    records: Vec<Record>,
+    /// Some record is ordered: the data it points at is flushed before the group.
+    ordered: bool,
+    /// An inline checkpoint's snapshot, written instead of the records as a new log.
+    snapshot: Option<Vec<u8>>,
+    /// The data-write count read before the records were taken: every Flush issued for
+    /// this commit covers those writes.
+    writes: u64,
+    /// Write an (empty) group even with nothing to commit (`confirm`).
+    force_group: bool,
 }
 
 /// A set of metadata changes applied atomically (see [`Blobstore::transaction`]).
