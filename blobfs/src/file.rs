@@ -51,6 +51,43 @@ pub(crate) fn dirty_runs(st: &InodeState, blob_size: u64) -> Vec<(u64, Vec<u64>)
     runs
 }
 
+/// Where a read puts its bytes, in order.
+trait ReadSink {
+    fn reserve(&mut self, n: usize);
+    fn put(&mut self, bytes: &[u8]);
+    fn zeroes(&mut self, n: usize);
+}
+
+impl ReadSink for Vec<u8> {
+    fn reserve(&mut self, n: usize) {
+        Vec::reserve(self, n);
+    }
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn zeroes(&mut self, n: usize) {
+        self.resize(self.len() + n, 0);
+    }
+}
+
+/// A caller's buffer, filled from the start (a read never yields more than its length).
+struct SliceSink<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+}
+
+impl ReadSink for SliceSink<'_> {
+    fn reserve(&mut self, _n: usize) {}
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+    fn zeroes(&mut self, n: usize) {
+        self.buf[self.at..self.at + n].fill(0);
+        self.at += n;
+    }
+}
+
 /// I/O buffers of full runs, reused: a fresh aligned megabyte for every run (allocated,
 /// zeroed, faulted in) cost about a quarter of the FUSE server's CPU time in sequential
 /// writes. Every byte of a reused buffer is overwritten before use: by the pages written
@@ -500,6 +537,33 @@ impl Inner {
         len: usize,
         io: &mut BeforeIo<'_>,
     ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_to(inode, offset, len, io, &mut out)?;
+        Ok(out)
+    }
+
+    /// `read` into the caller's buffer (no intermediate copy); returns the bytes read,
+    /// short only at the end of the file.
+    pub(crate) fn read_into(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        buf: &mut [u8],
+        io: &mut BeforeIo<'_>,
+    ) -> Result<usize> {
+        let mut sink = SliceSink { buf, at: 0 };
+        self.read_to(inode, offset, sink.buf.len(), io, &mut sink)?;
+        Ok(sink.at)
+    }
+
+    fn read_to(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        len: usize,
+        io: &mut BeforeIo<'_>,
+        out: &mut dyn ReadSink,
+    ) -> Result<()> {
         let ino = inode.ino;
         // Under the lock: the size, the dirty pages, and what to fetch.
         let (size, end, gen, version, mut pages, ra_pages) = {
@@ -511,7 +575,7 @@ impl Inner {
             }
             let size = st.attr.size;
             if offset >= size || len == 0 {
-                return Ok(Vec::new());
+                return Ok(());
             }
             let end = (offset + len as u64).min(size);
             let first = offset / PAGE;
@@ -580,7 +644,7 @@ impl Inner {
         }
         // Appended in order (no zero-filling first: that was a sixth of the server's time
         // in sequential reads); a missing or short page reads as zeroes.
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        out.reserve((end - offset) as usize);
         for (i, p) in pages.iter().enumerate() {
             let pstart = (first + i as u64) * PAGE;
             let a = pstart.max(offset);
@@ -588,11 +652,11 @@ impl Inner {
             let (pa, pb) = ((a - pstart) as usize, (b - pstart) as usize);
             let have = p.as_ref().map_or(0, |p| pb.min(p.len()).saturating_sub(pa));
             if let Some(p) = p {
-                out.extend_from_slice(&p[pa..pa + have]);
+                out.put(&p[pa..pa + have]);
             }
-            out.resize(out.len() + (pb - pa - have), 0);
+            out.zeroes(pb - pa - have);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Reads whole pages from the device, in runs of consecutive pages; bytes past the end

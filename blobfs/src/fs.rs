@@ -856,6 +856,14 @@ impl FileSystem {
         self.inner.read(&inode, offset, len, &mut BeforeIo::none())
     }
 
+    /// Reads into `buf` at `offset`, straight from the caches (or the device) into the
+    /// caller's memory; returns the bytes read, short only at the end of the file.
+    pub fn read_into(&self, ino: Ino, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let inode = self.inner.get(ino)?;
+        self.inner
+            .read_into(&inode, offset, buf, &mut BeforeIo::none())
+    }
+
     /// `read`, calling `before_io` once if the read has to wait for the device (it missed
     /// the caches), right before it does.
     pub fn read_with(

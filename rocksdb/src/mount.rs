@@ -358,20 +358,11 @@ impl OpenFile {
 
     /// Reads at `offset` into `buf`; short only at the end of the file.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, FsError> {
-        let mut done = 0;
-        while done < buf.len() {
-            let data = self
-                .lease
-                .fs
-                .read(self.ino, offset + done as u64, buf.len() - done)
-                .map_err(|e| self.err(e))?;
-            if data.is_empty() {
-                break;
-            }
-            buf[done..done + data.len()].copy_from_slice(&data);
-            done += data.len();
-        }
-        Ok(done)
+        // One call: blobfs reads are short only at the end of the file.
+        self.lease
+            .fs
+            .read_into(self.ino, offset, buf)
+            .map_err(|e| self.err(e))
     }
 
     /// Writes all of `data` at `offset`.
