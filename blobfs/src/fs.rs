@@ -914,8 +914,13 @@ impl FileSystem {
         let inode = self.inner.get(ino)?;
         {
             let mut st = inode.st.lock();
-            if self.inner.fsync_appends_overlapped(&inode, &mut st)? {
-                return Ok(());
+            match self.inner.fsync_appends_overlapped(&inode, &mut st) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Out of space: the ordinary path below commits (releasing clusters that
+                // wait for a commit to be free) and tries again.
+                Err(Error::NoSpace) => {}
+                Err(e) => return Err(e),
             }
         }
         self.retry_nospace(|| {
@@ -1237,7 +1242,9 @@ impl Inner {
             &encode_entry(id.0, kind),
         );
         t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
-        t.commit()?;
+        // A new empty inode and a name: nothing here depends on data written before, so
+        // the commit that takes it needs no pre-flush for its sake.
+        t.commit_unordered()?;
         dir.st.lock().attr = dst;
         let inode = self.get(id.0)?;
         let st = inode.st.lock();
@@ -1418,15 +1425,27 @@ impl Inner {
         }
         let blob_size = inode.blob.size();
         let runs = crate::file::dirty_runs(st, blob_size);
-        // A write into an unallocated cluster allocates (it may fail for space, and queues
-        // an ordered mapping): not here.
-        let mapped = runs.iter().all(|(start, idxs)| {
-            let off = start * PAGE;
-            let len = (idxs.len() as u64 * PAGE).min(blob_size - off);
-            inode.blob.is_mapped(off, len)
-        });
-        if !mapped || runs.is_empty() {
+        if runs.is_empty() {
             return Ok(false);
+        }
+        // Clusters the write-back allocates: their mappings go unordered (checked-mapping
+        // mode) and the record vouches for each whole cluster, whose content is exactly the
+        // file's dirty pages in it and zeroes (nothing was written there before). So a new
+        // file's create+write+fsync takes one Flush, not two.
+        let cs = self.store.cluster_size();
+        let mut new_clusters: Vec<u64> = Vec::new();
+        for (start, idxs) in &runs {
+            let a = start * PAGE;
+            let b = (a + idxs.len() as u64 * PAGE).min(blob_size);
+            for c in a / cs..b.div_ceil(cs) {
+                if new_clusters.last() != Some(&c) && !inode.blob.is_mapped(c * cs, 1) {
+                    new_clusters.push(c);
+                }
+            }
+        }
+        let mut checks = vec![(from, size - from, crc)];
+        for &c in &new_clusters {
+            checks.push((c * cs, cs, cluster_crc(st, c * cs, cs)));
         }
         self.writable()?;
         let record = st.attr.encode();
@@ -1434,7 +1453,17 @@ impl Inner {
             Some(c) => c,
             None => self.store.channel()?,
         };
-        let res = match self.submit_runs(&mut ch, inode, st, &runs, blob_size) {
+        ch.set_checked_mapping(!new_clusters.is_empty());
+        let mut submitted = self.submit_runs(&mut ch, inode, st, &runs, blob_size);
+        ch.set_checked_mapping(false);
+        if submitted.is_ok() && !new_clusters.is_empty() {
+            // Allocating writes complete inside the submission; their errors (out of space)
+            // must come out here, as errors of this fsync, not in the commit's wait (where
+            // any failure turns the store read-only). Mappings of clusters that did get
+            // allocated stay queued; without their checks they commit the ordered way.
+            submitted = self.reap_writes(&mut ch);
+        }
+        let res = match submitted {
             Err(e) => {
                 let _ = self.reap_writes(&mut ch);
                 Err(e)
@@ -1447,7 +1476,7 @@ impl Inner {
                             XattrNs::Internal,
                             KEY_INODE,
                             &record,
-                            &[(from, size - from, crc)],
+                            &checks,
                         )
                     },
                     || self.reap_writes_raw(&mut ch),
@@ -1461,7 +1490,11 @@ impl Inner {
         self.written_back(inode, st, blob_size);
         st.attr_dirty = false;
         st.tail = self.fresh_tail(size);
-        st.unconfirmed = Some((from, size, self.store.groups_committed()));
+        // Every byte a check of the group vouches for stays put until a later group is
+        // durable: the appended range and the whole of each new cluster.
+        let lo = new_clusters.first().map_or(from, |c| from.min(c * cs));
+        let hi = new_clusters.last().map_or(size, |c| size.max((c + 1) * cs));
+        st.unconfirmed = Some((lo, hi, self.store.groups_committed()));
         Ok(true)
     }
 
@@ -1545,6 +1578,27 @@ impl Inner {
         }
         r
     }
+}
+
+/// `data_crc` of bytes `[at, at + len)` of a file none of whose bytes there are on the
+/// device yet: its dirty pages where it has them, zeroes elsewhere.
+fn cluster_crc(st: &InodeState, at: u64, len: u64) -> u32 {
+    let mut crc = 0u32;
+    let mut pos = at;
+    for (&idx, page) in st.pages.range(at / PAGE..(at + len).div_ceil(PAGE)) {
+        let p = idx * PAGE;
+        if p > pos {
+            crc = blobstore::data_crc_combine(crc, blobstore::zeros_crc(p - pos), p - pos);
+        }
+        let n = PAGE.min(at + len - p) as usize;
+        crc = blobstore::data_crc_append(crc, &page[..n]);
+        pos = p + n as u64;
+    }
+    if at + len > pos {
+        let gap = at + len - pos;
+        crc = blobstore::data_crc_combine(crc, blobstore::zeros_crc(gap), gap);
+    }
+    crc
 }
 
 /// After a sync returned with `g` groups committed: a checked record queued before it is in

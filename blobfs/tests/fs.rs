@@ -583,7 +583,7 @@ fn append_fsync_takes_one_flush() {
     let fs = new_fs(&dev);
     assert!(fs.store().supports_data_checks());
     let f = fs.create(ROOT_INO, b"wal", 0o644, 0, 0).unwrap().ino;
-    // The first append allocates the cluster (an ordered record: two flushes).
+    // The first append allocates the cluster (one flush: a checked mapping).
     fs.write(f, 0, &[1u8; 100]).unwrap();
     fs.fsync(f).unwrap();
     let rounds = 100u64;
@@ -596,8 +596,11 @@ fn append_fsync_takes_one_flush() {
         fs.fsync(f).unwrap();
     }
     let flushes = dev.stats().flushes - before;
+    // The first fsync's checked group vouches for the whole new cluster, so the first
+    // append into it confirms once (one extra flush); every round after takes one.
     assert_eq!(
-        flushes, rounds,
+        flushes,
+        rounds + 1,
         "append+fsync rounds should take one flush each"
     );
     // Overwriting the bytes the last fsync vouched for first makes a later group durable
@@ -614,5 +617,59 @@ fn append_fsync_takes_one_flush() {
     drop(fs);
     let fs = reopen(&dev);
     assert_eq!(fs.read(f, 0, 1 << 20).unwrap(), expect);
+    clean(&fs);
+}
+
+/// A new file's create + write + fsync takes one device flush: the cluster the write
+/// allocates is mapped in the same checked group as the inode record, which vouches for
+/// the whole cluster (data and zeroes). The next write into that cluster confirms first.
+#[test]
+fn create_write_fsync_takes_one_flush() {
+    let dev = mem(16 << 20);
+    let fs = new_fs(&dev);
+    let files = 20u64;
+    let before = dev.stats().flushes;
+    let mut inos = Vec::new();
+    for i in 0..files {
+        let f = fs
+            .create(ROOT_INO, format!("f{i}").as_bytes(), 0o644, 0, 0)
+            .unwrap()
+            .ino;
+        fs.write(f, 0, &vec![i as u8 + 1; 4096 + i as usize * 100])
+            .unwrap();
+        fs.fsync(f).unwrap();
+        inos.push(f);
+    }
+    let flushes = dev.stats().flushes - before;
+    assert_eq!(
+        flushes, files,
+        "create+write+fsync should take one flush each"
+    );
+    // Appending into the last file's new cluster must first make a later group durable
+    // (its group is the log's last); the first file's group has later ones: no confirm.
+    let last = *inos.last().unwrap();
+    let before = dev.stats().flushes;
+    fs.write(inos[0], 4096, b"more").unwrap();
+    assert_eq!(dev.stats().flushes, before);
+    fs.write(last, 8192, b"tail").unwrap();
+    assert!(
+        dev.stats().flushes > before,
+        "a write into a cluster a checked group vouches for did not confirm first"
+    );
+    fs.fsync(inos[0]).unwrap();
+    fs.fsync(last).unwrap();
+    drop(fs);
+    let fs = reopen(&dev);
+    for (i, &f) in inos.iter().enumerate() {
+        let mut want = vec![i as u8 + 1; 4096 + i * 100];
+        if i == 0 {
+            want.extend_from_slice(b"more");
+        }
+        if i + 1 == inos.len() {
+            want.resize(8192, 0);
+            want.extend_from_slice(b"tail");
+        }
+        assert_eq!(fs.read(f, 0, 1 << 20).unwrap(), want, "file {i}");
+    }
     clean(&fs);
 }

@@ -112,7 +112,9 @@ impl Blob {
         if !new.is_empty() && cur_now == cur {
             recs.extend(map_records(id, cur, &new));
         }
-        let res = self.inner.apply_locked(&mut st, recs);
+        // Growing a thin blob exposes no data (the new clusters read zeroes): no pre-flush
+        // for its sake. Mapping (thick growth) or freeing (shrink) is ordered regardless.
+        let res = self.inner.apply_locked_with(&mut st, recs, false);
         if res.is_err() || cur_now != cur {
             for c in new {
                 st.alloc.release(c);

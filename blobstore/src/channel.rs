@@ -55,6 +55,8 @@ pub struct IoChannel {
     scratch: Vec<Completion>,
     internal_outstanding: usize,
     internal_error: Option<driver::Error>,
+    /// Allocating writes queue their mapping for a checked commit (`set_checked_mapping`).
+    checked_mapping: bool,
 }
 
 impl fmt::Debug for IoChannel {
@@ -86,7 +88,20 @@ impl IoChannel {
             scratch: Vec::new(),
             internal_outstanding: 0,
             internal_error: None,
+            checked_mapping: false,
         })
+    }
+
+    /// Checked-mapping mode: a write that allocates a cluster queues its mapping for a
+    /// *checked* commit instead of an ordered one, on stores with data checks. The caller
+    /// must then queue, in the commit that takes the mapping, `DataCheck`s covering every
+    /// byte of the cluster (its data and the zeroes around it, as `data_crc` of the whole
+    /// cluster) through `Blob::set_xattr_ns_checked`; a commit that takes the mapping
+    /// without them goes the ordered way (pre-flush), so forgetting is slow, not unsafe.
+    /// Best used by the commit leader (`Blobstore::sync_overlapped`), so that the mapping
+    /// and its checks meet in one group. Off by default.
+    pub fn set_checked_mapping(&mut self, on: bool) {
+        self.checked_mapping = on;
     }
 
     /// Requests submitted and not yet returned by `poll`/`wait`.
@@ -469,7 +484,12 @@ impl IoChannel {
                 first: cluster,
                 count: 1,
             };
-            if let Err(e) = self.inner.apply_locked(&mut st, vec![rec]) {
+            let applied = if self.checked_mapping && self.inner.data_checks() {
+                self.inner.apply_checked_map(&mut st, rec)
+            } else {
+                self.inner.apply_locked(&mut st, vec![rec])
+            };
+            if let Err(e) = applied {
                 st.alloc.release(cluster);
                 if let Some(r) = self.reqs[slot].as_mut() {
                     r.error.get_or_insert(e);

@@ -24,7 +24,7 @@ pub use blob::Blob;
 pub use channel::{IoChannel, IoCompletion};
 pub use check::CheckReport;
 pub use error::{Error, Result};
-pub use format::record::{data_crc, data_crc_append, XattrNs};
+pub use format::record::{data_crc, data_crc_append, data_crc_combine, zeros_crc, XattrNs};
 pub use meta::{BlobMeta, FLAG_READ_ONLY, FLAG_THIN};
 pub use store::{
     BlobOptions, Blobstore, FormatOptions, MetadataLayout, OpenOptions, StoreInfo, Transaction,

@@ -134,6 +134,10 @@ pub(crate) struct State {
     pub pending_ordered: bool,
     /// Clusters freed by `pending`, reusable once it is durable.
     pub pending_frees: Vec<ClusterIdx>,
+    /// Cluster mappings in `pending` queued unordered by a channel in checked-mapping mode
+    /// (blob, cluster index). The commit taking them stays checked only if its `DataCheck`s
+    /// cover every byte of each such cluster; otherwise it is ordered.
+    pub pending_checked_maps: Vec<(BlobId, u64)>,
     /// Number of groups applied so far.
     pub op_seq: u64,
     /// Clusters data allocation must leave free for the log and checkpoints.
@@ -463,6 +467,7 @@ impl Blobstore {
             alloc: r.alloc,
             pending: Vec::new(),
             pending_ordered: false,
+            pending_checked_maps: Vec::new(),
             pending_frees: Vec::new(),
             op_seq: 0,
             reserve: 0,
@@ -924,11 +929,38 @@ impl Inner {
         }
         debug_assert!(fx.mapped.iter().all(|c| st.alloc.is_used(*c)));
         // Unordered records may neither map nor free clusters: a mapping exposes data that
-        // only the ordered path makes durable first.
+        // only the ordered path makes durable first (`apply_checked_map` is the exception).
         let ordered = ordered || !fx.mapped.is_empty() || !fx.freed.is_empty();
         st.pending.extend(recs);
         st.pending_ordered |= ordered;
         st.pending_frees.extend(fx.freed);
+        st.op_seq += 1;
+        Ok(())
+    }
+
+    /// Queues a cluster mapping (`MapRun` of one cluster) *unordered*, to be vouched for by
+    /// `DataCheck`s covering the whole cluster in the same commit; a commit that takes it
+    /// without such checks is ordered (see `State::pending_checked_maps`). The data written
+    /// into the cluster (and the zeroes around it) must have completed before.
+    pub(crate) fn apply_checked_map(&self, st: &mut State, rec: Record) -> Result<()> {
+        let Record::MapRun {
+            id, index, count, ..
+        } = rec
+        else {
+            return self.apply_locked(st, vec![rec]);
+        };
+        self.check_writable()?;
+        let mut fx = Effects::default();
+        let undo = st.table.apply(&rec, &mut fx)?;
+        if !fx.freed.is_empty() {
+            st.table.undo(undo);
+            return Err(Error::Invalid(
+                "a checked mapping may not free clusters".into(),
+            ));
+        }
+        st.pending.push(rec);
+        st.pending_checked_maps
+            .extend((index..index + count).map(|i| (id, i)));
         st.op_seq += 1;
         Ok(())
     }
@@ -1190,7 +1222,11 @@ impl Inner {
         } else {
             let mut st = self.state.lock();
             let records = std::mem::take(&mut st.pending);
-            let ordered = std::mem::take(&mut st.pending_ordered);
+            let mut ordered = std::mem::take(&mut st.pending_ordered);
+            let maps = std::mem::take(&mut st.pending_checked_maps);
+            if !ordered && !maps.is_empty() {
+                ordered = !checks_cover_clusters(&records, &maps, self.cluster_size);
+            }
             let frees = std::mem::take(&mut st.pending_frees);
             let snapshot =
                 (inline || bg_snapshot).then(|| encode_all(&st.table.snapshot_records()));
@@ -1516,6 +1552,37 @@ impl Inner {
     }
 }
 
+/// Whether the `DataCheck`s among `records` cover every byte of each (blob, cluster index)
+/// in `maps` (so a group holding those unordered mappings may go out checked).
+fn checks_cover_clusters(records: &[Record], maps: &[(BlobId, u64)], cluster_size: u64) -> bool {
+    let mut ranges: Vec<(BlobId, u64, u64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::DataCheck {
+                id, offset, len, ..
+            } => Some((*id, *offset, offset.saturating_add(*len))),
+            _ => None,
+        })
+        .collect();
+    ranges.sort_unstable();
+    maps.iter().all(|&(id, idx)| {
+        let (start, end) = (idx * cluster_size, (idx + 1) * cluster_size);
+        // Ranges of this blob in order of their start: extend the covered prefix of the
+        // cluster until a gap.
+        let mut covered = start;
+        for &(_, a, b) in ranges.iter().filter(|r| r.0 == id) {
+            if a > covered {
+                break;
+            }
+            covered = covered.max(b);
+            if covered >= end {
+                return true;
+            }
+        }
+        covered >= end
+    })
+}
+
 /// What a leader took for one commit (`commit_body`).
 struct Taken {
     records: Vec<Record>,
@@ -1600,6 +1667,18 @@ impl Transaction<'_> {
 
     /// Applies all changes, or none if any fails. Durable after the next `sync`.
     pub fn commit(self) -> Result<()> {
+        self.commit_with(true)
+    }
+
+    /// `commit`, for changes that point at no data written before them (a new empty blob,
+    /// names, attributes, symlink targets): the commit taking them needs no pre-flush for
+    /// their sake (on stores with data checks). Records that map or free clusters are
+    /// ordered regardless.
+    pub fn commit_unordered(self) -> Result<()> {
+        self.commit_with(false)
+    }
+
+    fn commit_with(self, ordered: bool) -> Result<()> {
         let inner = &self.store.inner;
         inner.check_writable()?;
         let mut st = inner.state.lock();
@@ -1637,7 +1716,7 @@ impl Transaction<'_> {
                 }
             }
         }
-        inner.apply_locked(&mut st, self.records)
+        inner.apply_locked_with(&mut st, self.records, ordered)
     }
 
     /// Commits and makes it durable.

@@ -985,3 +985,54 @@ fn overlapped_sync_waits_before_the_pre_flush_of_an_ordered_group() {
     assert_eq!(store.blob_meta(thin).unwrap().allocated(), 1);
     assert_clean(&store);
 }
+
+/// Checked-mapping mode: a cluster allocated by a write is mapped unordered only if the
+/// commit carries checks over the whole cluster; with none, or a partial one, the commit is
+/// ordered (two flushes). Either way a power cut afterwards keeps the data.
+#[test]
+fn checked_mapping_needs_checks_over_the_whole_cluster() {
+    let cs = u64::from(CS);
+    // (checks over the new cluster, flushes expected)
+    let cases: [(&str, usize, u64); 3] = [("whole", 2, 1), ("none", 0, 2), ("partial", 1, 2)];
+    for (label, parts, want_flushes) in cases {
+        let (mem, store) = mem_store();
+        let id = store
+            .create_blob(BlobOptions {
+                thin: true,
+                clusters: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        store.sync().unwrap();
+        let blob = store.open_blob(id).unwrap();
+        let mut ch = store.channel().unwrap();
+        ch.set_checked_mapping(true);
+        let data = pattern(4, cs, 4096);
+        mem.reset_stats();
+        // Into the second cluster, at 4 KiB in: zeroes before and after the data.
+        blob.write(&mut ch, cs + 4096, &data).unwrap();
+        let mut cluster = vec![0u8; cs as usize];
+        cluster[4096..8192].copy_from_slice(&data);
+        let half = cs / 2;
+        let checks: Vec<(u64, u64, u32)> = match parts {
+            2 => vec![
+                (cs, half, data_crc(&cluster[..half as usize])),
+                (cs + half, half, data_crc(&cluster[half as usize..])),
+            ],
+            1 => vec![(cs, half, data_crc(&cluster[..half as usize]))],
+            _ => vec![],
+        };
+        blob.set_xattr_ns_checked(XattrNs::Internal, KEY, &8u64.to_le_bytes(), &checks)
+            .unwrap();
+        store.sync().unwrap();
+        assert_eq!(mem.stats().flushes, want_flushes, "{label}");
+        let img = mem.power_cut(CutPolicy::DropAll, &mut StdRng::seed_from_u64(5));
+        let store = reopen(img, true);
+        let blob = store.open_blob(id).unwrap();
+        let mut got = vec![0u8; 4096];
+        blob.read(&mut store.channel().unwrap(), cs + 4096, &mut got)
+            .unwrap();
+        assert!(got == data, "{label}: data lost");
+        assert_clean(&store);
+    }
+}
