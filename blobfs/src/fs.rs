@@ -1433,6 +1433,10 @@ impl Inner {
         // file's dirty pages in it and zeroes (nothing was written there before). So a new
         // file's create+write+fsync takes one Flush, not two.
         let cs = self.store.cluster_size();
+        // A clone's new clusters are copies of its parent's, not pages and zeroes.
+        if inode.blob.parent().is_some() {
+            return Ok(false);
+        }
         let mut new_clusters: Vec<u64> = Vec::new();
         for (start, idxs) in &runs {
             let a = start * PAGE;

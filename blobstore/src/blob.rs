@@ -69,6 +69,32 @@ impl Blob {
         (first..=last).all(|i| meta.clusters.get(i as usize).is_some_and(|c| c.is_some()))
     }
 
+    /// The blob whose clusters this one reads where it has none (`None`: zeroes).
+    pub fn parent(&self) -> Option<BlobId> {
+        let p = self.entry.meta.read().parent;
+        (p.0 != 0).then_some(p)
+    }
+
+    /// The first byte at or after `offset` that lies in a cluster holding data (this blob's
+    /// own or, in a clone, an ancestor's); `None` if there is none before the end.
+    pub fn seek_data(&self, offset: u64) -> Option<u64> {
+        let cs = self.inner.cluster_size;
+        let n = self.num_clusters();
+        (offset / cs..n)
+            .find(|&i| self.entry.resolve(i).is_some())
+            .map(|i| (i * cs).max(offset))
+    }
+
+    /// The first byte at or after `offset` in a cluster that holds no data (reads zeroes
+    /// without a device read), or the blob's size if every cluster from there holds data.
+    pub fn seek_hole(&self, offset: u64) -> u64 {
+        let cs = self.inner.cluster_size;
+        let n = self.num_clusters();
+        (offset / cs..n)
+            .find(|&i| self.entry.resolve(i).is_none())
+            .map_or(n * cs, |i| (i * cs).max(offset))
+    }
+
     pub fn flags(&self) -> u64 {
         self.entry.meta.read().flags
     }

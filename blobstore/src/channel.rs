@@ -44,6 +44,8 @@ struct Req {
 
 /// Slot number marking internal commands (zero fill) in driver tags.
 const INTERNAL: u64 = u32::MAX as u64;
+/// Slot number of the internal read of a parent's cluster (copy-on-write).
+const INTERNAL_READ: u64 = INTERNAL - 1;
 
 /// An I/O channel; use one per thread.
 pub struct IoChannel {
@@ -57,6 +59,8 @@ pub struct IoChannel {
     internal_error: Option<driver::Error>,
     /// Allocating writes queue their mapping for a checked commit (`set_checked_mapping`).
     checked_mapping: bool,
+    /// The finished internal read of a parent's cluster (copy-on-write).
+    cow_read: Option<std::result::Result<DmaBuf, driver::Error>>,
 }
 
 impl fmt::Debug for IoChannel {
@@ -89,6 +93,7 @@ impl IoChannel {
             internal_outstanding: 0,
             internal_error: None,
             checked_mapping: false,
+            cow_read: None,
         })
     }
 
@@ -243,8 +248,17 @@ impl IoChannel {
                 };
                 self.submit_part(slot, i, op, dtag);
             } else if !write {
-                view.as_mut_slice().fill(0);
-                self.part_done(slot, i, Some(view), None);
+                // Not allocated here: a clone reads its ancestors' cluster, others zeroes.
+                match entry.resolve(p.idx) {
+                    Some(c) => {
+                        let lba = self.lba_of(c, p.within);
+                        self.submit_part(slot, i, Op::Read { lba, buf: view }, dtag);
+                    }
+                    None => {
+                        view.as_mut_slice().fill(0);
+                        self.part_done(slot, i, Some(view), None);
+                    }
+                }
             } else {
                 self.allocating_write(&entry, slot, i, &p, view, dtag);
             }
@@ -364,6 +378,14 @@ impl IoChannel {
         for c in cs.drain(..) {
             let slot = c.tag >> 32;
             let part = (c.tag & 0xffff_ffff) as usize;
+            if slot == INTERNAL_READ {
+                self.internal_outstanding -= 1;
+                self.cow_read = Some(match c.result {
+                    Ok(()) => Ok(c.buf.unwrap_or_else(|| DmaBuf::zeroed(0))),
+                    Err(e) => Err(e),
+                });
+                continue;
+            }
             if slot == INTERNAL {
                 self.internal_outstanding -= 1;
                 match c.result {
@@ -393,8 +415,44 @@ impl IoChannel {
         self.scratch = cs;
     }
 
-    /// First write to an unallocated cluster: allocate, write data and zeroes, wait, then
-    /// queue the mapping.
+    /// Reads device cluster `c` whole, waiting for it (other requests stay in flight).
+    fn read_cluster(&mut self, c: ClusterIdx) -> std::result::Result<DmaBuf, driver::Error> {
+        self.cow_read = None;
+        let op = Op::Read {
+            lba: self.lba_of(c, 0),
+            buf: DmaBuf::zeroed(self.inner.cluster_size as usize),
+        };
+        self.read_cluster_op(op)
+    }
+
+    fn read_cluster_op(&mut self, op: Op) -> std::result::Result<DmaBuf, driver::Error> {
+        let mut op = op;
+        loop {
+            match self.qp.submit(op, INTERNAL_READ << 32) {
+                Ok(()) => {
+                    self.internal_outstanding += 1;
+                    return self.wait_cow_read();
+                }
+                Err(e) if matches!(e.error, driver::Error::QueueFull) => {
+                    op = e.op;
+                    self.reap(true);
+                }
+                Err(e) => return Err(e.error),
+            }
+        }
+    }
+
+    fn wait_cow_read(&mut self) -> std::result::Result<DmaBuf, driver::Error> {
+        loop {
+            if let Some(r) = self.cow_read.take() {
+                return r;
+            }
+            self.reap(true);
+        }
+    }
+
+    /// First write to an unallocated cluster: allocate, write data and zeroes (or, in a
+    /// clone, the parent's cluster with the data laid over it), wait, then queue the mapping.
     fn allocating_write(
         &mut self,
         entry: &Arc<BlobEntry>,
@@ -435,18 +493,44 @@ impl IoChannel {
         let unit = self.inner.lba_size;
         let cs = self.inner.cluster_size;
         let lba = self.lba_of(cluster, p.within);
-        // Outstanding is bumped by submit_part; the guard keeps the request alive.
-        self.submit_part(slot, part, Op::Write { lba, buf: view }, dtag);
+        // Copy-on-write: a clone whose ancestors hold this cluster index gets their cluster
+        // with the new data laid over it (unless the write covers the whole cluster).
+        let source = if p.within == 0 && p.len == cs {
+            None
+        } else {
+            entry.resolve(p.idx)
+        };
+        if let Some(src) = source {
+            match self.read_cluster(src) {
+                Ok(mut whole) => {
+                    let a = p.within as usize;
+                    whole.as_mut_slice()[a..a + view.len()].copy_from_slice(view.as_slice());
+                    self.submit_internal(Op::Write {
+                        lba: self.lba_of(cluster, 0),
+                        buf: whole,
+                    });
+                    self.part_done(slot, part, Some(view), None);
+                }
+                Err(e) => {
+                    self.part_done(slot, part, Some(view), Some(Error::Io(e)));
+                    self.inner.state.lock().alloc.release(cluster);
+                    return;
+                }
+            }
+        } else {
+            // Outstanding is bumped by submit_part; the guard keeps the request alive.
+            self.submit_part(slot, part, Op::Write { lba, buf: view }, dtag);
+        }
         // The rest of the cluster must read zeroes: Deallocate guarantees that (driver
         // rule 4) and keeps image files sparse, where WriteZeroes would reserve the space.
-        if p.within > 0 {
+        if source.is_none() && p.within > 0 {
             self.submit_internal(Op::Deallocate {
                 lba: self.lba_of(cluster, 0),
                 count: p.within / unit,
             });
         }
         let end = p.within + p.len;
-        if end < cs {
+        if source.is_none() && end < cs {
             self.submit_internal(Op::Deallocate {
                 lba: self.lba_of(cluster, end),
                 count: (cs - end) / unit,
@@ -484,7 +568,8 @@ impl IoChannel {
                 first: cluster,
                 count: 1,
             };
-            let applied = if self.checked_mapping && self.inner.data_checks() {
+            // A copied cluster holds the parent's bytes, which no caller's check describes.
+            let applied = if self.checked_mapping && source.is_none() && self.inner.data_checks() {
                 self.inner.apply_checked_map(&mut st, rec)
             } else {
                 self.inner.apply_locked(&mut st, vec![rec])
@@ -576,9 +661,10 @@ impl IoChannel {
         let entry = Arc::clone(blob.entry());
         self.check_range(&entry, offset, len)?;
         self.inner.check_writable()?;
-        let (flags, map) = {
+        let (flags, map, through) = {
             let m = entry.meta.read();
-            (m.flags, m.clusters.clone())
+            let through = if m.parent.0 != 0 { m.through } else { 0 };
+            (m.flags, m.clusters.clone(), through)
         };
         if flags & FLAG_READ_ONLY != 0 {
             return Err(Error::ReadOnly(format!("blob {} is read-only", entry.id)));
@@ -587,12 +673,20 @@ impl IoChannel {
         let unit = self.inner.lba_size;
         let mut release: Vec<u64> = Vec::new();
         self.internal_error = None;
+        // Pieces of a clone that read an ancestor's data: zeroed by writing zeroes (which
+        // allocates and copies-on-write like any write).
+        let mut cow_zero: Vec<(u64, u64)> = Vec::new();
         for p in self.pieces(offset, len) {
             let c = map.get(p.idx as usize).copied().unwrap_or(ClusterIdx::NONE);
+            let shared = p.idx < through;
             if !c.is_some() {
+                if shared && entry.resolve(p.idx).is_some() {
+                    cow_zero.push((p.idx * cs + p.within, p.len));
+                }
                 continue;
             }
-            if p.within == 0 && p.len == cs && flags & FLAG_THIN != 0 {
+            // Releasing a clone's cluster would expose its parent's data again.
+            if p.within == 0 && p.len == cs && flags & FLAG_THIN != 0 && !shared {
                 release.push(p.idx);
                 continue;
             }
@@ -609,6 +703,9 @@ impl IoChannel {
         }
         if let Some(e) = self.internal_error.take() {
             return Err(Error::Io(e));
+        }
+        for (off, n) in cow_zero {
+            self.run(blob, off, DmaBuf::zeroed(n as usize), true)?;
         }
         if release.is_empty() {
             return Ok(());

@@ -32,6 +32,11 @@ pub struct BlobMeta {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Internal xattrs (for layers above: inode attributes, directory entries).
     pub internal: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The blob unallocated clusters read from (`BlobId(0)`: none, they read zeroes).
+    pub parent: BlobId,
+    /// Only cluster indexes below this read through the parent (a shrink lowers it, so
+    /// growing again reads zeroes, not the parent's old data).
+    pub through: u64,
 }
 
 impl BlobMeta {
@@ -87,6 +92,9 @@ pub struct BlobEntry {
     pub alloc_lock: Mutex<()>,
     /// Set once the blob is deleted, so late installs of allocations give their cluster back.
     pub deleted: AtomicBool,
+    /// The parent's entry (kept in step with `BlobMeta::parent` by `Table::apply`), so reads
+    /// of unallocated clusters walk the chain without the table.
+    pub parent: RwLock<Option<Arc<BlobEntry>>>,
 }
 
 impl BlobEntry {
@@ -100,7 +108,29 @@ impl BlobEntry {
             open_count: AtomicU32::new(0),
             alloc_lock: Mutex::new(()),
             deleted: AtomicBool::new(false),
+            parent: RwLock::new(None),
         })
+    }
+
+    /// Where cluster index `idx` of this blob reads from: its own cluster, else the first
+    /// ancestor that has one (within each link's `through`), else `None` (zeroes).
+    pub fn resolve(self: &Arc<Self>, idx: u64) -> Option<ClusterIdx> {
+        let mut cur = Arc::clone(self);
+        loop {
+            let next = {
+                let m = cur.meta.read();
+                match m.clusters.get(idx as usize) {
+                    Some(c) if c.is_some() => return Some(*c),
+                    None => return None,
+                    Some(_) => {}
+                }
+                if m.parent.0 == 0 || idx >= m.through {
+                    return None;
+                }
+                cur.parent.read().clone()?
+            };
+            cur = next;
+        }
     }
 }
 
@@ -143,6 +173,21 @@ pub enum Undo {
     },
     /// The record changed nothing (`DataCheck`).
     Nothing,
+    Parent {
+        id: BlobId,
+        old: BlobId,
+        old_through: u64,
+    },
+    Moved {
+        from: BlobId,
+        to: BlobId,
+        moved: Vec<(u64, ClusterIdx)>,
+    },
+    /// A shrink that also lowered `through`.
+    ResizedThrough {
+        resized: Box<Undo>,
+        old_through: u64,
+    },
 }
 
 /// All blobs.
@@ -154,6 +199,8 @@ pub struct Table {
     pub cluster_count: u64,
     /// Cluster size in bytes: bounds the byte ranges of `DataCheck` records.
     pub cluster_size: u64,
+    /// Number of blobs whose parent is each blob (a blob with children cannot be deleted).
+    pub children: BTreeMap<BlobId, u64>,
 }
 
 impl Table {
@@ -163,6 +210,33 @@ impl Table {
             next_blob_id: 1,
             cluster_count,
             cluster_size,
+            children: BTreeMap::new(),
+        }
+    }
+
+    /// How many blobs have `id` as their parent.
+    pub fn child_count(&self, id: BlobId) -> u64 {
+        self.children.get(&id).copied().unwrap_or(0)
+    }
+
+    fn set_parent_link(&mut self, id: BlobId, old: BlobId, new: BlobId) {
+        if old.0 != 0 {
+            if let Some(n) = self.children.get_mut(&old) {
+                *n -= 1;
+                if *n == 0 {
+                    self.children.remove(&old);
+                }
+            }
+        }
+        if new.0 != 0 {
+            *self.children.entry(new).or_insert(0) += 1;
+        }
+        if let Some(e) = self.blobs.get(&id) {
+            *e.parent.write() = if new.0 == 0 {
+                None
+            } else {
+                self.blobs.get(&new).cloned()
+            };
         }
     }
 
@@ -194,6 +268,16 @@ impl Table {
                 if e.open_count.load(Ordering::SeqCst) > 0 {
                     return Err(Error::Busy(*id));
                 }
+                if self.child_count(*id) > 0 {
+                    return Err(Error::Invalid(format!(
+                        "blob {id} has {} clone(s)",
+                        self.child_count(*id)
+                    )));
+                }
+                let parent = e.meta.read().parent;
+                if parent.0 != 0 {
+                    self.set_parent_link(*id, parent, BlobId(0));
+                }
                 let e = self.blobs.remove(id).ok_or(Error::NotFound(*id))?;
                 e.deleted.store(true, Ordering::SeqCst);
                 let m = e.meta.read();
@@ -220,11 +304,20 @@ impl Table {
                 } else {
                     m.clusters.resize(*clusters as usize, ClusterIdx::NONE);
                 }
-                Ok(Undo::Resized {
+                let u = Undo::Resized {
                     id: *id,
                     removed,
                     old_len,
-                })
+                };
+                if m.through > *clusters {
+                    let old_through = m.through;
+                    m.through = *clusters;
+                    return Ok(Undo::ResizedThrough {
+                        resized: Box::new(u),
+                        old_through,
+                    });
+                }
+                Ok(u)
             }
             Record::MapRun {
                 id,
@@ -326,6 +419,71 @@ impl Table {
                 }
                 Ok(Undo::Nothing)
             }
+            Record::SetParent {
+                id,
+                parent,
+                through,
+            } => {
+                let e = self.get(*id)?;
+                if parent.0 != 0 {
+                    // The parent exists and the link makes no cycle.
+                    let mut cur = *parent;
+                    let mut steps = 0u64;
+                    while cur.0 != 0 {
+                        if cur == *id {
+                            return Err(Error::Invalid(format!(
+                                "blob {id}: parent {parent} would make a cycle"
+                            )));
+                        }
+                        let p = self.get(cur)?;
+                        cur = p.meta.read().parent;
+                        steps += 1;
+                        if steps > self.blobs.len() as u64 {
+                            return Err(Error::Invalid("parent chain loops".into()));
+                        }
+                    }
+                }
+                let (old, old_through) = {
+                    let m = e.meta.read();
+                    (m.parent, m.through)
+                };
+                {
+                    let mut m = e.meta.write();
+                    m.parent = *parent;
+                    m.through = if parent.0 == 0 { 0 } else { *through };
+                }
+                self.set_parent_link(*id, old, *parent);
+                Ok(Undo::Parent {
+                    id: *id,
+                    old,
+                    old_through,
+                })
+            }
+            Record::MoveClusters { from, to, count } => {
+                if from == to {
+                    return Err(Error::Invalid(format!("blob {from}: move onto itself")));
+                }
+                let src = Arc::clone(self.get(*from)?);
+                let dst = Arc::clone(self.get(*to)?);
+                let mut sm = src.meta.write();
+                let mut dm = dst.meta.write();
+                let n = (*count)
+                    .min(sm.clusters.len() as u64)
+                    .min(dm.clusters.len() as u64);
+                let mut moved = Vec::new();
+                for i in 0..n as usize {
+                    if sm.clusters[i].is_some() && !dm.clusters[i].is_some() {
+                        dm.clusters[i] = sm.clusters[i];
+                        sm.clusters[i] = ClusterIdx::NONE;
+                        moved.push((i as u64, dm.clusters[i]));
+                    }
+                }
+                Ok(Undo::Moved {
+                    from: *from,
+                    to: *to,
+                    moved,
+                })
+            }
             Record::SnapshotBegin { .. } | Record::SnapshotEnd { .. } => Err(Error::Invalid(
                 "snapshot marker outside the start of a log".into(),
             )),
@@ -343,7 +501,11 @@ impl Table {
             }
             Undo::Deleted(e) => {
                 e.deleted.store(false, Ordering::SeqCst);
-                self.blobs.insert(e.id, e);
+                let (id, parent) = (e.id, e.meta.read().parent);
+                self.blobs.insert(id, e);
+                if parent.0 != 0 {
+                    self.set_parent_link(id, BlobId(0), parent);
+                }
             }
             Undo::Resized {
                 id,
@@ -379,6 +541,42 @@ impl Table {
                 }
             }
             Undo::Nothing => {}
+            Undo::Parent {
+                id,
+                old,
+                old_through,
+            } => {
+                let cur = self.blobs.get(&id).map(|e| e.meta.read().parent);
+                if let Some(cur) = cur {
+                    if let Some(e) = self.blobs.get(&id) {
+                        let mut m = e.meta.write();
+                        m.parent = old;
+                        m.through = old_through;
+                    }
+                    self.set_parent_link(id, cur, old);
+                }
+            }
+            Undo::Moved { from, to, moved } => {
+                if let (Some(s), Some(d)) = (self.blobs.get(&from), self.blobs.get(&to)) {
+                    let mut sm = s.meta.write();
+                    let mut dm = d.meta.write();
+                    for (i, c) in moved {
+                        sm.clusters[i as usize] = c;
+                        dm.clusters[i as usize] = ClusterIdx::NONE;
+                    }
+                }
+            }
+            Undo::ResizedThrough {
+                resized,
+                old_through,
+            } => {
+                if let Undo::Resized { id, .. } = &*resized {
+                    if let Some(e) = self.blobs.get(id) {
+                        e.meta.write().through = old_through;
+                    }
+                }
+                self.undo(*resized);
+            }
         }
     }
 
@@ -419,6 +617,18 @@ impl Table {
                         value: v.clone(),
                     });
                 }
+            }
+        }
+        // Parent links last: a parent may have a higher id than its child (a snapshot is
+        // made after the blob it freezes).
+        for (id, e) in &self.blobs {
+            let m = e.meta.read();
+            if m.parent.0 != 0 {
+                out.push(Record::SetParent {
+                    id: *id,
+                    parent: m.parent,
+                    through: m.through,
+                });
             }
         }
         out.push(Record::SnapshotEnd {

@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::format::block::{chain_seed, FLAG_CHECKED};
 use crate::format::record::{encode_all, Record, XattrNs};
 use crate::format::superblock::{
-    Superblock, COMPAT_KNOWN, INCOMPAT_DATA_CHECKS, MAX_CLUSTER_SIZE, MIN_CLUSTER_SIZE, SB_SIZE,
-    SB_VERSION,
+    Superblock, COMPAT_KNOWN, INCOMPAT_CLONES, INCOMPAT_DATA_CHECKS, MAX_CLUSTER_SIZE,
+    MIN_CLUSTER_SIZE, SB_SIZE, SB_VERSION,
 };
 use crate::journal::{Journal, LogWrite};
 use crate::meta::{check_xattr, BlobMeta, Effects, Table, Undo, FLAG_READ_ONLY, FLAG_THIN};
@@ -236,6 +236,8 @@ pub(crate) struct Inner {
     groups: AtomicU64,
     /// The superblock has `INCOMPAT_DATA_CHECKS`: checked groups may be written.
     data_checks: bool,
+    /// The superblock has `INCOMPAT_CLONES`: snapshots and clones may be made.
+    clones: bool,
     replay_stats: ReplayStats,
     tail: TailInfo,
     bg: Option<Arc<Bg>>,
@@ -391,7 +393,7 @@ impl Blobstore {
             version: SB_VERSION,
             compat: COMPAT_KNOWN,
             ro_compat: 0,
-            incompat: INCOMPAT_DATA_CHECKS,
+            incompat: INCOMPAT_DATA_CHECKS | INCOMPAT_CLONES,
             uuid: opts.uuid.unwrap_or_else(|| {
                 let mut u = [0u8; 16];
                 u[..8].copy_from_slice(&random_u64().to_le_bytes());
@@ -457,6 +459,7 @@ impl Blobstore {
     ) -> Result<Blobstore> {
         let sb = r.sb.clone();
         let data_checks = sb.incompat & INCOMPAT_DATA_CHECKS != 0;
+        let clones = sb.incompat & INCOMPAT_CLONES != 0;
         let geom = dev.geometry();
         let cluster_size = u64::from(sb.cluster_size);
         let checkpoint_bytes = opts.checkpoint_bytes.unwrap_or_else(|| {
@@ -498,6 +501,7 @@ impl Blobstore {
             data_writes: AtomicU64::new(0),
             groups: AtomicU64::new(0),
             data_checks,
+            clones,
             replay_stats: r.stats,
             tail: r.tail,
             bg: (!opts.read_only && opts.background_checkpoint).then(Arc::default),
@@ -963,6 +967,11 @@ impl Inner {
             .extend((index..index + count).map(|i| (id, i)));
         st.op_seq += 1;
         Ok(())
+    }
+
+    /// Whether the store has the `clones` feature.
+    pub(crate) fn clones(&self) -> bool {
+        self.clones
     }
 
     /// Allocates a data cluster, leaving the metadata reserve free.

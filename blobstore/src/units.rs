@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// Identifies a blob for its whole life; never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlobId(pub u64);
 
 impl fmt::Display for BlobId {

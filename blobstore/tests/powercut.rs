@@ -77,6 +77,21 @@ enum Step {
     },
     Sync,
     Checkpoint,
+    Snapshot {
+        pick: usize,
+    },
+    Clone {
+        pick: usize,
+    },
+    Inflate {
+        pick: usize,
+    },
+    Decouple {
+        pick: usize,
+    },
+    DeleteAbsorbed {
+        pick: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,15 +100,26 @@ struct MBlob {
     clusters: u64,
     data: Vec<u8>,
     xattrs: Xattrs,
+    /// Parent blob (0: none).
+    parent: u64,
+}
+
+/// Blobs whose parent is `id`.
+fn children(model: &Model, id: u64) -> Vec<u64> {
+    model
+        .iter()
+        .filter(|(_, b)| b.parent == id)
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 type Model = BTreeMap<u64, MBlob>;
 type Xattrs = BTreeMap<(bool, Vec<u8>), Vec<u8>>;
 
 /// Metadata only: what must match a model state exactly.
-fn meta_of(m: &Model) -> Vec<(u64, u64, u64, &Xattrs)> {
+fn meta_of(m: &Model) -> Vec<(u64, u64, u64, &Xattrs, u64)> {
     m.iter()
-        .map(|(id, b)| (*id, b.flags, b.clusters, &b.xattrs))
+        .map(|(id, b)| (*id, b.flags, b.clusters, &b.xattrs, b.parent))
         .collect()
 }
 
@@ -104,7 +130,7 @@ struct Profile {
     checkpoint_bytes: Option<u64>,
     steps: usize,
     /// Weights per step kind, in the order of `make_step`.
-    weights: [u32; 13],
+    weights: [u32; 18],
 }
 
 fn make_step(rng: &mut StdRng, p: &Profile) -> Step {
@@ -155,7 +181,12 @@ fn make_step(rng: &mut StdRng, p: &Profile) -> Step {
         },
         10 => Step::ReadOnly { pick },
         11 => Step::Sync,
-        _ => Step::Checkpoint,
+        12 => Step::Checkpoint,
+        13 => Step::Snapshot { pick },
+        14 => Step::Clone { pick },
+        15 => Step::Inflate { pick },
+        16 => Step::Decouple { pick },
+        _ => Step::DeleteAbsorbed { pick },
     }
 }
 
@@ -204,11 +235,17 @@ fn exec(
                     clusters: *clusters,
                     data: vec![0; (*clusters * cs) as usize],
                     xattrs: BTreeMap::new(),
+                    parent: 0,
                 },
             );
         }
         Step::Delete { pick } => {
             if let Some(id) = pick_id(model, *pick) {
+                if !children(model, id).is_empty() {
+                    // Refused (the blob has clones) and nothing changes: checked here.
+                    assert!(store.delete_blob(blobstore::BlobId(id)).is_err());
+                    return Ok(false);
+                }
                 store.delete_blob(blobstore::BlobId(id))?;
                 model.remove(&id);
             }
@@ -326,7 +363,7 @@ fn exec(
                 .insert((true, newname), value);
         }
         Step::TxnCreateDelete { pick, clusters } => {
-            let victim = pick_id(model, *pick);
+            let victim = pick_id(model, *pick).filter(|v| children(model, *v).is_empty());
             let mut t = store.transaction();
             let id = t.create_blob(*clusters);
             let value = pattern(tag, 0, 40);
@@ -347,6 +384,7 @@ fn exec(
                     clusters: *clusters,
                     data: vec![0; (*clusters * cs) as usize],
                     xattrs,
+                    parent: 0,
                 },
             );
         }
@@ -354,6 +392,65 @@ fn exec(
             if let Some(id) = pick_id(model, *pick) {
                 store.open_blob(blobstore::BlobId(id))?.set_read_only()?;
                 model.get_mut(&id).unwrap().flags |= 2;
+            }
+        }
+        Step::Snapshot { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let snap = store.snapshot(blobstore::BlobId(id))?;
+                let b = model.get_mut(&id).unwrap();
+                let mut frozen = b.clone();
+                frozen.flags = 1 | 2;
+                b.flags |= 1;
+                b.parent = snap.0;
+                model.insert(snap.0, frozen);
+            }
+        }
+        Step::Clone { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let b = &model[&id];
+                if b.flags & 2 == 0 {
+                    assert!(store.clone_blob(blobstore::BlobId(id)).is_err());
+                    return Ok(false);
+                }
+                let mut c = b.clone();
+                let cid = store.clone_blob(blobstore::BlobId(id))?;
+                c.flags = 1;
+                c.parent = id;
+                model.insert(cid.0, c);
+            }
+        }
+        Step::Inflate { pick } | Step::Decouple { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let parent = model[&id].parent;
+                if parent == 0 || model[&id].flags & 2 != 0 {
+                    return Ok(false);
+                }
+                let inflate = matches!(step, Step::Inflate { .. });
+                let r = if inflate {
+                    store.inflate(blobstore::BlobId(id))
+                } else {
+                    store.decouple_parent(blobstore::BlobId(id))
+                };
+                match r {
+                    // Partly copied, still linked: the content is the same either way.
+                    Err(Error::NoSpace(_)) => return Ok(false),
+                    r => r?,
+                }
+                let grand = model[&parent].parent;
+                model.get_mut(&id).unwrap().parent = if inflate { 0 } else { grand };
+            }
+        }
+        Step::DeleteAbsorbed { pick } => {
+            if let Some(id) = pick_id(model, *pick) {
+                let kids = children(model, id);
+                if kids.len() != 1 {
+                    assert!(store.delete_absorbed(blobstore::BlobId(id)).is_err());
+                    return Ok(false);
+                }
+                store.delete_absorbed(blobstore::BlobId(id))?;
+                let grand = model[&id].parent;
+                model.get_mut(&kids[0]).unwrap().parent = grand;
+                model.remove(&id);
             }
         }
         Step::Sync => {
@@ -393,6 +490,7 @@ fn read_model(store: &Blobstore, cs: u64) -> Result<Model, Error> {
                 clusters: meta.clusters.len() as u64,
                 data,
                 xattrs,
+                parent: meta.parent.0,
             },
         );
     }
@@ -471,6 +569,9 @@ struct Tally {
     points: u64,
     lost: u64,
     inconsistent: u64,
+    /// Snapshot/clone steps that changed the store in the reference runs (snapshot, clone,
+    /// inflate, decouple, absorb), to show the sweep exercised them.
+    clone_ops: [u64; 5],
 }
 
 fn sweep(p: &Profile, seeds: std::ops::Range<u64>, min_points: u64) -> Tally {
@@ -497,6 +598,19 @@ fn sweep(p: &Profile, seeds: std::ops::Range<u64>, min_points: u64) -> Tally {
                     s.cs,
                 )
                 .unwrap_or_else(|e| panic!("reference run, step {i} {st:?}: {e}"));
+                let k = match st {
+                    Step::Snapshot { .. } => Some(0),
+                    Step::Clone { .. } => Some(1),
+                    Step::Inflate { .. } => Some(2),
+                    Step::Decouple { .. } => Some(3),
+                    Step::DeleteAbsorbed { .. } => Some(4),
+                    _ => None,
+                };
+                if let (Some(k), Some(prev)) = (k, states.last()) {
+                    if *prev != model {
+                        tally.clone_ops[k] += 1;
+                    }
+                }
                 states.push(model.clone());
                 acks.push(ack);
             }
@@ -601,8 +715,14 @@ fn sweep(p: &Profile, seeds: std::ops::Range<u64>, min_points: u64) -> Tally {
 
 fn report(p: &Profile, min_points: u64) {
     let t = sweep(p, 0..1000, min_points);
+    let ops = if t.clone_ops.iter().any(|n| *n > 0) {
+        let [s, c, i, d, a] = t.clone_ops;
+        format!(" (snapshots={s} clones={c} inflates={i} decouples={d} absorbs={a})")
+    } else {
+        String::new()
+    };
     println!(
-        "power-cut: workload={} points={} lost={} inconsistent={}",
+        "power-cut: workload={} points={} lost={} inconsistent={}{ops}",
         p.name, t.points, t.lost, t.inconsistent
     );
     assert!(
@@ -615,12 +735,13 @@ fn report(p: &Profile, min_points: u64) {
     assert_eq!(t.inconsistent, 0, "{}: inconsistent after recovery", p.name);
 }
 
-//                         Cr Del Rsz Wr Unm Zer SetX RmX MvX Txn RO Sync Ckpt
-const W_BLOBDATA: [u32; 13] = [6, 2, 3, 10, 0, 0, 1, 0, 0, 0, 0, 4, 0];
-const W_XATTR: [u32; 13] = [3, 1, 0, 1, 0, 0, 8, 3, 6, 3, 0, 5, 0];
-const W_UNMAP: [u32; 13] = [3, 1, 1, 8, 4, 3, 0, 0, 0, 0, 1, 4, 0];
-const W_CKPT: [u32; 13] = [3, 1, 1, 3, 1, 0, 6, 2, 2, 1, 0, 8, 2];
-const W_MIXED: [u32; 13] = [4, 2, 2, 6, 2, 2, 3, 2, 2, 2, 1, 5, 1];
+// Cr Del Rsz Wr Unm Zer SetX RmX MvX Txn RO Sync Ckpt | Snap Clone Infl Dcpl Absorb
+const W_BLOBDATA: [u32; 18] = [6, 2, 3, 10, 0, 0, 1, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0];
+const W_XATTR: [u32; 18] = [3, 1, 0, 1, 0, 0, 8, 3, 6, 3, 0, 5, 0, 0, 0, 0, 0, 0];
+const W_UNMAP: [u32; 18] = [3, 1, 1, 8, 4, 3, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 0, 0];
+const W_CKPT: [u32; 18] = [3, 1, 1, 3, 1, 0, 6, 2, 2, 1, 0, 8, 2, 0, 0, 0, 0, 0];
+const W_CLONES: [u32; 18] = [3, 2, 2, 8, 1, 1, 1, 0, 0, 1, 0, 5, 1, 3, 3, 1, 1, 2];
+const W_MIXED: [u32; 18] = [4, 2, 2, 6, 2, 2, 3, 2, 2, 2, 1, 5, 1, 0, 0, 0, 0, 0];
 
 #[test]
 fn power_cut_blob_data() {
@@ -692,6 +813,21 @@ fn power_cut_mixed() {
             checkpoint_bytes: Some(96 * 1024),
             steps: 200,
             weights: W_MIXED,
+        },
+        3000,
+    );
+}
+
+#[test]
+fn power_cut_snapshots_and_clones() {
+    report(
+        &Profile {
+            name: "snapshot-clone",
+            cluster: 16 * 1024,
+            capacity: 1 << 20,
+            checkpoint_bytes: Some(96 * 1024),
+            steps: 200,
+            weights: W_CLONES,
         },
         3000,
     );

@@ -903,9 +903,19 @@ fn record_blob(r: &Record) -> Option<BlobId> {
         | Record::SetXattr { id, .. }
         | Record::RemoveXattr { id, .. }
         | Record::SetFlags { id, .. }
-        | Record::DataCheck { id, .. } => Some(*id),
+        | Record::DataCheck { id, .. }
+        | Record::SetParent { id, .. } => Some(*id),
+        // Names two blobs: listed under the one clusters move from (and see `names_blob`).
+        Record::MoveClusters { from, .. } => Some(*from),
         Record::SnapshotBegin { .. } | Record::SnapshotEnd { .. } => None,
     }
+}
+
+/// Whether `r` concerns blob `id` (as its subject, or as the parent or target it names).
+fn names_blob(r: &Record, id: BlobId) -> bool {
+    record_blob(r) == Some(id)
+        || matches!(r, Record::MoveClusters { to, .. } if *to == id)
+        || matches!(r, Record::SetParent { parent, .. } if *parent == id)
 }
 
 impl Serialize for BlobRecords<'_> {
@@ -913,7 +923,7 @@ impl Serialize for BlobRecords<'_> {
         let mut seq = s.serialize_seq(None)?;
         for (gi, g) in self.groups.iter().enumerate() {
             for r in &g.records {
-                if record_blob(r) == Some(self.id) {
+                if names_blob(r, self.id) {
                     seq.serialize_element(&Rec {
                         r,
                         is_fs: self.is_fs,
@@ -1137,6 +1147,22 @@ impl Serialize for Rec<'_> {
                 m.serialize_entry("offset", offset)?;
                 m.serialize_entry("len", len)?;
                 m.serialize_entry("crc32c", &format!("{crc:#010x}"))?;
+            }
+            Record::SetParent {
+                id,
+                parent,
+                through,
+            } => {
+                m.serialize_entry("type", "set_parent")?;
+                m.serialize_entry("id", &id.0)?;
+                m.serialize_entry("parent", &parent.0)?;
+                m.serialize_entry("through", through)?;
+            }
+            Record::MoveClusters { from, to, count } => {
+                m.serialize_entry("type", "move_clusters")?;
+                m.serialize_entry("from", &from.0)?;
+                m.serialize_entry("to", &to.0)?;
+                m.serialize_entry("count", count)?;
             }
         }
         m.end()

@@ -16,6 +16,8 @@
 //! |    8 | SnapshotBegin | next blob id u64, blob count u64                          |
 //! |    9 | SnapshotEnd   | blob count u64                                            |
 //! |   10 | DataCheck     | id u64, offset u64, length u64, crc u32                   |
+//! |   11 | SetParent     | id u64, parent u64 (0 = none), through u64                |
+//! |   12 | MoveClusters  | from u64, to u64, count u64                               |
 //!
 //! `DataCheck` ("bytes `[offset, offset+length)` of blob `id` have CRC32C `crc`") changes no
 //! table state; it lets replay verify the data a *checked* group depends on when that group
@@ -48,6 +50,12 @@ impl XattrNs {
     }
 }
 
+/// `SetParent` ("blob `id` reads the clusters it has not allocated, at indexes below
+/// `through`, from `parent`") and `MoveClusters` ("each of the first `count` cluster indexes
+/// that `from` has allocated and `to` has not passes to `to`") make snapshots and clones:
+/// a snapshot takes its blob's clusters and becomes its parent; a clone is an empty blob
+/// with a snapshot as parent. Both need the `clones` incompat feature.
+///
 /// One metadata change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -96,6 +104,20 @@ pub enum Record {
         offset: u64,
         len: u64,
         crc: u32,
+    },
+    /// Blob `id` reads unallocated cluster indexes below `through` from `parent`
+    /// (`BlobId(0)`: no parent; unallocated clusters read zeroes).
+    SetParent {
+        id: BlobId,
+        parent: BlobId,
+        through: u64,
+    },
+    /// Of the first `count` cluster indexes, each allocated in `from` and not in `to` passes
+    /// from `from` to `to` (ownership moves: nothing is freed or newly exposed).
+    MoveClusters {
+        from: BlobId,
+        to: BlobId,
+        count: u64,
     },
 }
 
@@ -223,6 +245,8 @@ const T_FLAGS: u8 = 7;
 const T_SNAP_BEGIN: u8 = 8;
 const T_SNAP_END: u8 = 9;
 const T_DATA_CHECK: u8 = 10;
+const T_SET_PARENT: u8 = 11;
+const T_MOVE: u8 = 12;
 
 impl Record {
     /// Appends the encoding to `w`.
@@ -290,6 +314,16 @@ impl Record {
                     .u64(*len)
                     .u32(*crc);
             }
+            Record::SetParent {
+                id,
+                parent,
+                through,
+            } => {
+                w.u8(T_SET_PARENT).u64(id.0).u64(parent.0).u64(*through);
+            }
+            Record::MoveClusters { from, to, count } => {
+                w.u8(T_MOVE).u64(from.0).u64(to.0).u64(*count);
+            }
         }
     }
 
@@ -303,6 +337,7 @@ impl Record {
             Record::RemoveXattr { name, .. } => 12 + name.len(),
             Record::SnapshotBegin { .. } => 17,
             Record::DataCheck { .. } => 29,
+            Record::SetParent { .. } | Record::MoveClusters { .. } => 25,
         }
     }
 
@@ -369,6 +404,16 @@ impl Record {
                 offset: r.u64()?,
                 len: r.u64()?,
                 crc: r.u32()?,
+            },
+            T_SET_PARENT => Record::SetParent {
+                id: BlobId(r.u64()?),
+                parent: BlobId(r.u64()?),
+                through: r.u64()?,
+            },
+            T_MOVE => Record::MoveClusters {
+                from: BlobId(r.u64()?),
+                to: BlobId(r.u64()?),
+                count: r.u64()?,
             },
             other => return Err(corrupt(format!("record: unknown type {other}"))),
         })
@@ -451,6 +496,16 @@ mod tests {
                 len: 4096,
                 crc: 0xE306_9283,
             },
+            Record::SetParent {
+                id: BlobId(15),
+                parent: BlobId(16),
+                through: 17,
+            },
+            Record::MoveClusters {
+                from: BlobId(18),
+                to: BlobId(19),
+                count: 20,
+            },
         ]
     }
 
@@ -493,11 +548,20 @@ mod tests {
         u64s(&mut e, &[14, 0x0102_0304_0506_0708, 4096]);
         e.extend_from_slice(&0xE306_9283u32.to_le_bytes());
         assert_eq!(
-            &enc[enc.len() - 29..],
+            &enc[enc.len() - 29 - 50..enc.len() - 50],
             &[
                 10, 14, 0, 0, 0, 0, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1, 0, 16, 0, 0, 0, 0, 0, 0, 0x83,
                 0x92, 0x06, 0xE3
             ]
+        );
+        // SetParent: type 11, id, parent, through; MoveClusters: type 12, from, to, count.
+        e.push(11);
+        u64s(&mut e, &[15, 16, 17]);
+        e.push(12);
+        u64s(&mut e, &[18, 19, 20]);
+        assert_eq!(
+            &enc[enc.len() - 50..enc.len() - 25],
+            &[11, 15, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(enc, e);
         assert_eq!(Record::decode_all(&enc).unwrap(), all_kinds());

@@ -40,10 +40,16 @@ const CRC_OFF: usize = SB_SIZE - 4;
 /// without it never writes checked groups (checked commits fall back to the ordered path).
 pub const INCOMPAT_DATA_CHECKS: u64 = 1;
 
+/// Incompat bit 1, `clones`: blobs may have a parent (`SetParent`, type 11) and clusters may
+/// pass between blobs (`MoveClusters`, type 12). A build that does not know it would read a
+/// clone's unallocated clusters as zeroes instead of its parent's data. Set by `format`;
+/// snapshots and clones are refused on a store without it.
+pub const INCOMPAT_CLONES: u64 = 2;
+
 /// Feature bits this build understands, per word.
 pub const COMPAT_KNOWN: u64 = 0;
 pub const RO_COMPAT_KNOWN: u64 = 0;
-pub const INCOMPAT_KNOWN: u64 = INCOMPAT_DATA_CHECKS;
+pub const INCOMPAT_KNOWN: u64 = INCOMPAT_DATA_CHECKS | INCOMPAT_CLONES;
 
 /// Largest log start sequence accepted: a log can never hold more blocks than the device
 /// has LBAs, so sequence arithmetic from here on cannot overflow.
@@ -309,7 +315,9 @@ mod tests {
         s.incompat = INCOMPAT_DATA_CHECKS;
         assert_eq!(Superblock::decode(&s.encode()).unwrap().incompat, 1);
         assert_eq!(&s.encode()[32..40], &[1, 0, 0, 0, 0, 0, 0, 0]);
-        s.incompat = INCOMPAT_DATA_CHECKS | 2;
+        s.incompat = INCOMPAT_DATA_CHECKS | INCOMPAT_CLONES;
+        assert!(Superblock::decode(&s.encode()).is_ok());
+        s.incompat = INCOMPAT_DATA_CHECKS | 4;
         assert!(matches!(
             Superblock::decode(&s.encode()),
             Err(Error::Unsupported(_))
