@@ -91,6 +91,8 @@ pub struct FsCheck {
     pub dirs: u64,
     pub symlinks: u64,
     pub orphans: u64,
+    /// Blobs of snapshots, clones and reflinks' frozen copies (not inodes of the live tree).
+    pub snapshot_blobs: u64,
 }
 
 impl FsCheck {
@@ -189,6 +191,11 @@ pub fn check_fs(store: &Blobstore) -> Result<FsCheck> {
             return Ok(rep);
         }
     }
+    // Blobs of snapshots and clones (and frozen blobs files read through) are not inodes of
+    // the live tree: set them apart before judging the live tree.
+    let others = crate::snapshots::other_trees(&metas);
+    attrs.retain(|ino, _| !others.contains(&BlobId(*ino)));
+    rep.snapshot_blobs = others.len() as u64;
     // Walk the tree from the root.
     let mut names: HashMap<Ino, u32> = HashMap::new();
     let mut subdirs: HashMap<Ino, u32> = HashMap::new();
@@ -425,7 +432,7 @@ pub fn check_fs(store: &Blobstore) -> Result<FsCheck> {
     }
     // Blobs that are not inodes at all hold leaked clusters.
     for (id, m) in &metas {
-        if !m.internal.contains_key(KEY_INODE) {
+        if !m.internal.contains_key(KEY_INODE) && !others.contains(id) {
             f.push(err(
                 "leaked-clusters",
                 format!(

@@ -48,6 +48,9 @@ pub struct FsOptions {
     pub sync_interval: Option<Duration>,
     /// Blobstore options (read_only is taken from above).
     pub store: OpenOptions,
+    /// Open this snapshot or clone (by name) instead of the live tree: a snapshot read-only
+    /// only, a clone either way (see `FileSystem::snapshot`).
+    pub view: Option<String>,
 }
 
 impl Default for FsOptions {
@@ -61,6 +64,7 @@ impl Default for FsOptions {
             cache_written: false,
             sync_interval: Some(Duration::from_secs(5)),
             store: OpenOptions::default(),
+            view: None,
         }
     }
 }
@@ -183,6 +187,11 @@ pub(crate) struct Inner {
     pub read_only: bool,
     /// Largest file size: the device's clusters (thin blobs cannot be larger).
     pub max_size: u64,
+    /// The snapshot or clone this handle shows (`None`: the live tree).
+    pub view: Option<crate::snapshots::View>,
+    /// Blobs that registered snapshots and clones hold (the live tree's garbage collection
+    /// of hidden reflink snapshots must leave them alone).
+    pub held: Mutex<std::collections::HashSet<BlobId>>,
 }
 
 struct Syncer {
@@ -266,6 +275,18 @@ impl FileSystem {
                 "blob 1 is not a BlobFS root directory (a plain blobstore?)".into(),
             ));
         }
+        let view = match &opts.view {
+            None => None,
+            Some(name) => Some(crate::snapshots::View::load(
+                &store,
+                &root,
+                name,
+                opts.read_only,
+            )?),
+        };
+        // Every handle (views too: a clone's file may be the last reader of a frozen blob)
+        // must know which blobs snapshots hold before it garbage-collects hidden ones.
+        let held = crate::snapshots::held_blobs(&store, &root)?;
         drop(root);
         let usage = store.usage();
         let inner = Arc::new(Inner {
@@ -282,6 +303,8 @@ impl FileSystem {
             dirty_bytes: AtomicU64::new(0),
             retry_orphans: Mutex::new(Vec::new()),
             opts: opts.clone(),
+            view,
+            held: Mutex::new(held),
         });
         let fs = FileSystem {
             _life: Arc::new(Life {
@@ -338,10 +361,14 @@ impl FileSystem {
         for ino in orphans {
             self.inner.inodes.lock().remove(&ino);
             let mut t = self.inner.store.transaction();
-            if self.inner.store.blob_meta(bid(ino)).is_ok() {
-                t.delete_blob(bid(ino));
+            if self.inner.store.blob_meta(self.inner.bid(ino)).is_ok() {
+                t.delete_blob(self.inner.bid(ino));
             }
-            t.remove_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino));
+            t.remove_xattr(
+                self.inner.bid(ROOT_INO),
+                XattrNs::Internal,
+                &orphan_key(ino),
+            );
             t.commit()?;
         }
         self.inner.store.sync()?;
@@ -572,13 +599,23 @@ impl FileSystem {
         dst.ctime = now;
         let mut t = self.inner.store.transaction();
         t.set_xattr(
-            bid(newparent),
+            self.inner.bid(newparent),
             XattrNs::Internal,
             newname,
             &encode_entry(ino, a.kind()),
         );
-        t.set_xattr(bid(newparent), XattrNs::Internal, KEY_INODE, &dst.encode());
-        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.set_xattr(
+            self.inner.bid(newparent),
+            XattrNs::Internal,
+            KEY_INODE,
+            &dst.encode(),
+        );
+        t.set_xattr(
+            self.inner.bid(ino),
+            XattrNs::Internal,
+            KEY_INODE,
+            &a.encode(),
+        );
         t.commit()?;
         st.attr = a;
         st.attr_dirty = false;
@@ -603,8 +640,13 @@ impl FileSystem {
         dst.mtime = now;
         dst.ctime = now;
         let mut t = self.inner.store.transaction();
-        t.remove_xattr(bid(parent), XattrNs::Internal, name);
-        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        t.remove_xattr(self.inner.bid(parent), XattrNs::Internal, name);
+        t.set_xattr(
+            self.inner.bid(parent),
+            XattrNs::Internal,
+            KEY_INODE,
+            &dst.encode(),
+        );
         let fate = self.inner.drop_link(&mut t, ino, now)?;
         t.commit()?;
         dir.st.lock().attr = dst;
@@ -632,8 +674,13 @@ impl FileSystem {
         dst.ctime = now;
         dst.nlink = dst.nlink.saturating_sub(1).max(2);
         let mut t = self.inner.store.transaction();
-        t.remove_xattr(bid(parent), XattrNs::Internal, name);
-        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        t.remove_xattr(self.inner.bid(parent), XattrNs::Internal, name);
+        t.set_xattr(
+            self.inner.bid(parent),
+            XattrNs::Internal,
+            KEY_INODE,
+            &dst.encode(),
+        );
         let fate = self.inner.drop_dir(&mut t, ino, now)?;
         t.commit()?;
         dir.st.lock().attr = dst;
@@ -693,13 +740,13 @@ impl FileSystem {
         if flags.exchange {
             let (tino, tkind) = target.ok_or(Error::NotFound)?;
             t.set_xattr(
-                bid(parent),
+                self.inner.bid(parent),
                 XattrNs::Internal,
                 name,
                 &encode_entry(tino, tkind),
             );
             t.set_xattr(
-                bid(newparent),
+                self.inner.bid(newparent),
                 XattrNs::Internal,
                 newname,
                 &encode_entry(ino, kind),
@@ -725,9 +772,9 @@ impl FileSystem {
                     }
                 }
             }
-            t.remove_xattr(bid(parent), XattrNs::Internal, name);
+            t.remove_xattr(self.inner.bid(parent), XattrNs::Internal, name);
             t.set_xattr(
-                bid(newparent),
+                self.inner.bid(newparent),
                 XattrNs::Internal,
                 newname,
                 &encode_entry(ino, kind),
@@ -751,7 +798,12 @@ impl FileSystem {
                     src_delta += 1;
                 }
             }
-            t.set_xattr(bid(mino), XattrNs::Internal, KEY_INODE, &a.encode());
+            t.set_xattr(
+                self.inner.bid(mino),
+                XattrNs::Internal,
+                KEY_INODE,
+                &a.encode(),
+            );
             drop(st);
             updates.push((inode, a));
         }
@@ -764,13 +816,23 @@ impl FileSystem {
         let mut dst_a = st_copy(&dst_dir);
         if same_dir {
             adjust(&mut src_a, src_delta + dst_delta);
-            t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &src_a.encode());
+            t.set_xattr(
+                self.inner.bid(parent),
+                XattrNs::Internal,
+                KEY_INODE,
+                &src_a.encode(),
+            );
         } else {
             adjust(&mut src_a, src_delta);
             adjust(&mut dst_a, dst_delta);
-            t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &src_a.encode());
             t.set_xattr(
-                bid(newparent),
+                self.inner.bid(parent),
+                XattrNs::Internal,
+                KEY_INODE,
+                &src_a.encode(),
+            );
+            t.set_xattr(
+                self.inner.bid(newparent),
                 XattrNs::Internal,
                 KEY_INODE,
                 &dst_a.encode(),
@@ -1077,6 +1139,15 @@ pub(crate) enum LinkFate {
 }
 
 impl Inner {
+    /// The blob holding inode `ino`: itself in the live tree; in a snapshot or clone, the
+    /// blob its table names (inodes a clone created after it was made are their own blobs).
+    pub(crate) fn bid(&self, ino: Ino) -> BlobId {
+        match &self.view {
+            None => BlobId(ino),
+            Some(v) => v.blob_of(ino),
+        }
+    }
+
     pub(crate) fn writable(&self) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("mounted read-only".into()));
@@ -1094,7 +1165,7 @@ impl Inner {
         if let Some(i) = self.inodes.lock().get(&ino) {
             return Ok(Arc::clone(i));
         }
-        let blob = match self.store.open_blob(bid(ino)) {
+        let blob = match self.store.open_blob(self.bid(ino)) {
             Ok(b) => b,
             Err(blobstore::Error::NotFound(_)) => return Err(Error::NotFound),
             Err(e) => return Err(e.into()),
@@ -1236,12 +1307,17 @@ impl Inner {
             t.set_xattr(id, XattrNs::Internal, KEY_SYMLINK, target);
         }
         t.set_xattr(
-            bid(parent),
+            self.bid(parent),
             XattrNs::Internal,
             name,
             &encode_entry(id.0, kind),
         );
-        t.set_xattr(bid(parent), XattrNs::Internal, KEY_INODE, &dst.encode());
+        t.set_xattr(
+            self.bid(parent),
+            XattrNs::Internal,
+            KEY_INODE,
+            &dst.encode(),
+        );
         // A new empty inode and a name: nothing here depends on data written before, so
         // the commit that takes it needs no pre-flush for its sake.
         t.commit_unordered()?;
@@ -1268,13 +1344,13 @@ impl Inner {
         a.ctime = now;
         if a.nlink > 0 {
             self.write_back(&inode, &mut st)?;
-            t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+            t.set_xattr(self.bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
             st.attr = a;
             st.attr_dirty = false;
             return Ok(LinkFate::Done);
         }
-        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
-        t.set_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
+        t.set_xattr(self.bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.set_xattr(self.bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
         drop(st);
         Ok(LinkFate::Orphaned(inode, a))
     }
@@ -1290,8 +1366,8 @@ impl Inner {
         let mut a = inode.st.lock().attr;
         a.nlink = 0;
         a.ctime = now;
-        t.set_xattr(bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
-        t.set_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
+        t.set_xattr(self.bid(ino), XattrNs::Internal, KEY_INODE, &a.encode());
+        t.set_xattr(self.bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino), b"");
         Ok(LinkFate::Orphaned(inode, a))
     }
 
@@ -1343,15 +1419,23 @@ impl Inner {
             }
         };
         drop(handle);
+        let blob = self.bid(ino);
+        let parent = self.store.blob_meta(blob).ok().map(|m| m.parent);
         let mut t = self.store.transaction();
-        t.delete_blob(bid(ino));
-        t.remove_xattr(bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino));
+        t.delete_blob(blob);
+        t.remove_xattr(self.bid(ROOT_INO), XattrNs::Internal, &orphan_key(ino));
         match t.commit() {
             Err(blobstore::Error::Busy(_)) => {
                 self.retry_orphans.lock().push(ino);
                 Ok(())
             }
-            r => Ok(r?),
+            r => {
+                r?;
+                if let Some(p) = parent.filter(|p| p.0 != 0) {
+                    self.collect_hidden(p)?;
+                }
+                Ok(())
+            }
         }
     }
 

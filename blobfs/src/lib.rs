@@ -14,8 +14,10 @@ mod error;
 mod file;
 pub mod fs;
 pub mod inode;
+pub mod snapshots;
 
 pub use check::{check_fs, is_blobfs, repair_fs, Fix, FsCheck, FsFinding, Severity};
 pub use error::{Error, Result};
 pub use fs::{Attr, DirEntry, FileSystem, FsOptions, RenameFlags, SetAttr, StatFs, PAGE};
 pub use inode::{Ino, Kind, Time, ROOT_INO};
+pub use snapshots::{SnapInfo, SnapKind};

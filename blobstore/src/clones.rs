@@ -16,7 +16,7 @@
 use crate::error::{Error, Result};
 use crate::format::record::{Record, XattrNs};
 use crate::meta::{BlobMeta, FLAG_READ_ONLY, FLAG_THIN};
-use crate::store::Blobstore;
+use crate::store::{Blobstore, Transaction};
 use crate::units::BlobId;
 use driver::DmaBuf;
 
@@ -51,42 +51,7 @@ impl Blobstore {
         let mut st = self.inner.state.lock();
         let m: BlobMeta = st.table.get(id)?.meta.read().clone();
         let snap = BlobId(st.table.next_blob_id);
-        let len = m.clusters.len() as u64;
-        let mut recs = vec![Record::CreateBlob {
-            id: snap,
-            flags: FLAG_THIN | FLAG_READ_ONLY,
-        }];
-        if len > 0 {
-            recs.push(Record::Resize {
-                id: snap,
-                clusters: len,
-            });
-        }
-        recs.push(Record::MoveClusters {
-            from: id,
-            to: snap,
-            count: len,
-        });
-        if m.parent.0 != 0 {
-            // The snapshot inherits the chain the blob read through.
-            recs.push(Record::SetParent {
-                id: snap,
-                parent: m.parent,
-                through: m.through,
-            });
-        }
-        recs.push(Record::SetParent {
-            id,
-            parent: snap,
-            through: len,
-        });
-        if m.flags & FLAG_THIN == 0 {
-            recs.push(Record::SetFlags {
-                id,
-                flags: m.flags | FLAG_THIN,
-            });
-        }
-        recs.extend(copy_xattrs(&m, snap));
+        let recs = snapshot_records(id, &m, snap);
         self.inner.apply_locked(&mut st, recs)?;
         Ok(snap)
     }
@@ -98,27 +63,8 @@ impl Blobstore {
         self.require_clones()?;
         let mut st = self.inner.state.lock();
         let m: BlobMeta = st.table.get(snap)?.meta.read().clone();
-        if m.flags & FLAG_READ_ONLY == 0 {
-            return Err(Error::Invalid(format!(
-                "blob {snap} is writable: only snapshots (read-only blobs) can be cloned; \
-                 snapshot it first"
-            )));
-        }
         let id = BlobId(st.table.next_blob_id);
-        let len = m.clusters.len() as u64;
-        let mut recs = vec![Record::CreateBlob {
-            id,
-            flags: FLAG_THIN,
-        }];
-        if len > 0 {
-            recs.push(Record::Resize { id, clusters: len });
-        }
-        recs.push(Record::SetParent {
-            id,
-            parent: snap,
-            through: len,
-        });
-        recs.extend(copy_xattrs(&m, id));
+        let recs = clone_records(snap, &m, id)?;
         self.inner.apply_locked(&mut st, recs)?;
         Ok(id)
     }
@@ -139,22 +85,7 @@ impl Blobstore {
         };
         let sm: BlobMeta = st.table.get(snap)?.meta.read().clone();
         let cm: BlobMeta = st.table.get(child)?.meta.read().clone();
-        let mut recs = vec![Record::MoveClusters {
-            from: snap,
-            to: child,
-            count: cm.through,
-        }];
-        let (parent, through) = if sm.parent.0 != 0 {
-            (sm.parent, cm.through.min(sm.through))
-        } else {
-            (BlobId(0), 0)
-        };
-        recs.push(Record::SetParent {
-            id: child,
-            parent,
-            through,
-        });
-        recs.push(Record::DeleteBlob { id: snap });
+        let recs = absorb_records(snap, &sm, child, &cm);
         self.inner.apply_locked(&mut st, recs)?;
         drop(st);
         // Durable before returning: the clone now owns clusters that, until this commit is
@@ -247,6 +178,11 @@ impl Blobstore {
         self.inner.clones()
     }
 
+    /// How many blobs have `id` as their parent (cheap, unlike [`Blobstore::family`]).
+    pub fn child_count(&self, id: BlobId) -> u64 {
+        self.inner.state.lock().table.child_count(id)
+    }
+
     /// Blob `id`'s ancestors (nearest first) and children.
     pub fn family(&self, id: BlobId) -> Result<Family> {
         let st = self.inner.state.lock();
@@ -260,6 +196,146 @@ impl Blobstore {
             ancestors,
             children: children_of(&st.table, id),
         })
+    }
+}
+
+/// The records of a snapshot `snap` of blob `id` (whose metadata is `m`).
+fn snapshot_records(id: BlobId, m: &BlobMeta, snap: BlobId) -> Vec<Record> {
+    let len = m.clusters.len() as u64;
+    let mut recs = vec![Record::CreateBlob {
+        id: snap,
+        flags: FLAG_THIN | FLAG_READ_ONLY,
+    }];
+    if len > 0 {
+        recs.push(Record::Resize {
+            id: snap,
+            clusters: len,
+        });
+    }
+    recs.push(Record::MoveClusters {
+        from: id,
+        to: snap,
+        count: len,
+    });
+    if m.parent.0 != 0 {
+        // The snapshot inherits the chain the blob read through.
+        recs.push(Record::SetParent {
+            id: snap,
+            parent: m.parent,
+            through: m.through,
+        });
+    }
+    recs.push(Record::SetParent {
+        id,
+        parent: snap,
+        through: len,
+    });
+    if m.flags & FLAG_THIN == 0 {
+        recs.push(Record::SetFlags {
+            id,
+            flags: m.flags | FLAG_THIN,
+        });
+    }
+    recs.extend(copy_xattrs(m, snap));
+    recs
+}
+
+/// The records of `child` absorbing its parent `snap` (metadata `sm`, `cm`).
+fn absorb_records(snap: BlobId, sm: &BlobMeta, child: BlobId, cm: &BlobMeta) -> Vec<Record> {
+    let (parent, through) = if sm.parent.0 != 0 {
+        (sm.parent, cm.through.min(sm.through))
+    } else {
+        (BlobId(0), 0)
+    };
+    vec![
+        Record::MoveClusters {
+            from: snap,
+            to: child,
+            count: cm.through,
+        },
+        Record::SetParent {
+            id: child,
+            parent,
+            through,
+        },
+        Record::DeleteBlob { id: snap },
+    ]
+}
+
+/// The records of a clone `id` of snapshot `snap` (whose metadata is `m`).
+fn clone_records(snap: BlobId, m: &BlobMeta, id: BlobId) -> Result<Vec<Record>> {
+    if m.flags & FLAG_READ_ONLY == 0 {
+        return Err(Error::Invalid(format!(
+            "blob {snap} is writable: only snapshots (read-only blobs) can be cloned; \
+             snapshot it first"
+        )));
+    }
+    let len = m.clusters.len() as u64;
+    let mut recs = vec![Record::CreateBlob {
+        id,
+        flags: FLAG_THIN,
+    }];
+    if len > 0 {
+        recs.push(Record::Resize { id, clusters: len });
+    }
+    recs.push(Record::SetParent {
+        id,
+        parent: snap,
+        through: len,
+    });
+    recs.extend(copy_xattrs(m, id));
+    Ok(recs)
+}
+
+impl Transaction<'_> {
+    /// Adds a snapshot of blob `id` (see [`Blobstore::snapshot`]) and returns the id the
+    /// snapshot will have: many blobs snapshotted in one transaction are frozen together,
+    /// atomically. Built from the blob's metadata now: snapshot each blob at most once per
+    /// transaction, and change none of them before the commit.
+    pub fn snapshot(&mut self, id: BlobId) -> Result<BlobId> {
+        self.store.require_clones()?;
+        let (m, snap) = {
+            let mut st = self.store.inner.state.lock();
+            let m: BlobMeta = st.table.get(id)?.meta.read().clone();
+            let snap = BlobId(st.table.next_blob_id);
+            st.table.next_blob_id = (snap.0 + 1).min(crate::meta::MAX_BLOB_ID);
+            (m, snap)
+        };
+        self.records.extend(snapshot_records(id, &m, snap));
+        Ok(snap)
+    }
+
+    /// Adds the absorbing delete of snapshot `snap` by its only child `child` (see
+    /// [`Blobstore::delete_absorbed`], whose sync the caller owes: until this commit is
+    /// durable, `child` must not be written in place).
+    pub fn absorb_into(&mut self, snap: BlobId, child: BlobId) -> Result<()> {
+        let (sm, cm, kids) = {
+            let st = self.store.inner.state.lock();
+            let sm: BlobMeta = st.table.get(snap)?.meta.read().clone();
+            let cm: BlobMeta = st.table.get(child)?.meta.read().clone();
+            (sm, cm, st.table.child_count(snap))
+        };
+        if cm.parent != snap || kids != 1 {
+            return Err(Error::Invalid(format!(
+                "blob {snap} has {kids} clones; {child} is not its only one"
+            )));
+        }
+        self.records.extend(absorb_records(snap, &sm, child, &cm));
+        Ok(())
+    }
+
+    /// Adds a clone of snapshot `snap` (see [`Blobstore::clone_blob`]); returns its id.
+    pub fn clone_blob(&mut self, snap: BlobId) -> Result<BlobId> {
+        self.store.require_clones()?;
+        let (m, id) = {
+            let mut st = self.store.inner.state.lock();
+            let m: BlobMeta = st.table.get(snap)?.meta.read().clone();
+            let id = BlobId(st.table.next_blob_id);
+            st.table.next_blob_id = (id.0 + 1).min(crate::meta::MAX_BLOB_ID);
+            (m, id)
+        };
+        self.records.extend(clone_records(snap, &m, id)?);
+        Ok(id)
     }
 }
 

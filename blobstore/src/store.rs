@@ -1608,8 +1608,8 @@ struct Taken {
 
 /// A set of metadata changes applied atomically (see [`Blobstore::transaction`]).
 pub struct Transaction<'a> {
-    store: &'a Blobstore,
-    records: Vec<Record>,
+    pub(crate) store: &'a Blobstore,
+    pub(crate) records: Vec<Record>,
 }
 
 impl fmt::Debug for Transaction<'_> {

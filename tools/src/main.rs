@@ -17,6 +17,7 @@ mod mkfs;
 mod mount;
 mod offline;
 mod rocksdb_env;
+mod snapshot;
 mod tree;
 
 use clap::{Parser, Subcommand};
@@ -166,6 +167,25 @@ enum Command {
             of files, directories, symlinks, other inodes and orphans. Read-only."
     )]
     Df(df::Args),
+    /// Snapshot the whole filesystem of an unmounted image (or list or delete snapshots).
+    #[command(
+        long_about = "Freeze the whole filesystem on an unmounted image as snapshot NAME: \
+            the tree as it is now, kept read-only while the live filesystem goes on. It costs \
+            metadata only; data is shared until either side changes it (copy-on-write, per \
+            cluster). `--list` lists snapshots and clones, `--delete` deletes one (a \
+            snapshot that a clone was made from is refused until the clone is deleted). \
+            Mount a snapshot with `blobfs mount --snapshot NAME -o ro IMAGE DIR`; make a \
+            writable copy with `blobfs clone`."
+    )]
+    Snapshot(snapshot::Args),
+    /// Make a writable clone of a snapshot on an unmounted image.
+    #[command(
+        long_about = "Make clone NAME of snapshot SNAPSHOT: a writable filesystem that starts \
+            as the snapshot and diverges from it (copy-on-write); neither the snapshot nor \
+            the live filesystem changes. Mount it with `blobfs mount --snapshot NAME IMAGE \
+            DIR`; delete it with `blobfs snapshot --delete IMAGE NAME`."
+    )]
+    Clone(snapshot::CloneArgs),
     /// List a directory of an unmounted BlobFS image, like ls(1).
     #[command(
         long_about = "List PATH (default /) in the BlobFS filesystem on an unmounted image, \
@@ -304,6 +324,8 @@ fn main() -> ExitCode {
         Command::Umount(a) => mount::umount(&a, &mut out),
         Command::Dump(a) => dump::run(&a, &mut out),
         Command::Df(a) => df::run(&a, &mut out),
+        Command::Snapshot(a) => snapshot::run(&a, &mut out),
+        Command::Clone(a) => snapshot::clone(&a, &mut out),
         Command::Ls(a) => ls::ls(&a, &mut out),
         Command::Stat(a) => ls::stat(&a, &mut out),
         Command::Cp(a) => cp::cp(&a, &mut out),

@@ -47,6 +47,10 @@ pub struct Args {
     /// Internal: where a --background parent waits to hear that the mount is up.
     #[arg(long, value_name = "FD", hide = true)]
     pub ready_fd: Option<i32>,
+    /// Mount snapshot or clone NAME instead of the live tree (`blobfs snapshot --list
+    /// IMAGE` lists them): a snapshot needs `-o ro`; a clone mounts read-write.
+    #[arg(long, value_name = "NAME")]
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,8 +197,9 @@ fn check_mountpoint(p: &Path) -> Result<PathBuf> {
     Ok(mp)
 }
 
-/// Opens the filesystem on `target`; a mem: device is formatted first.
-fn open_fs(target: &Target, read_only: bool) -> Result<FileSystem> {
+/// Opens the filesystem on `target` (or its snapshot or clone `view`); a mem: device is
+/// formatted first.
+fn open_fs(target: &Target, read_only: bool, view: Option<&str>) -> Result<FileSystem> {
     let name = target.describe();
     let dev = if target.is_mem() {
         if read_only {
@@ -211,6 +216,7 @@ fn open_fs(target: &Target, read_only: bool) -> Result<FileSystem> {
         dev,
         FsOptions {
             read_only,
+            view: view.map(str::to_string),
             ..FsOptions::default()
         },
     )
@@ -218,6 +224,7 @@ fn open_fs(target: &Target, read_only: bool) -> Result<FileSystem> {
         blobfs::Error::NotBlobfs(_) => {
             anyhow!("{name}: {e}; `blobfs mkfs` makes a BlobFS filesystem")
         }
+        blobfs::Error::Invalid(m) if view.is_some() => anyhow!("{name}: {m}"),
         e => anyhow!(e).context(format!("{name}: cannot open the filesystem")),
     })
 }
@@ -285,7 +292,7 @@ fn serve(args: &Args, ready: &mut Ready) -> Result<()> {
     let config = opts.config().map_err(|e| anyhow!("-o: {e}"))?;
     let mp = check_mountpoint(&args.mountpoint)?;
     let lock = target.lock(!opts.read_only, LOCK_WAIT)?;
-    let fs = open_fs(&target, opts.read_only)?;
+    let fs = open_fs(&target, opts.read_only, args.snapshot.as_deref())?;
 
     // Signals are caught from before the mount, so a Ctrl-C while mounting still ends in a
     // clean unmount.
@@ -399,6 +406,9 @@ fn background(args: &Args, out: &mut dyn Write) -> Result<()> {
     let (mut r, w) = ready_pipe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("mount").arg(&spec).arg(&mp);
+    if let Some(s) = &args.snapshot {
+        cmd.arg("--snapshot").arg(s);
+    }
     for o in &args.options {
         cmd.arg("-o").arg(o);
     }
@@ -585,6 +595,7 @@ pub fn helper(argv: &[OsString], out: &mut dyn Write) -> Result<()> {
         foreground: false,
         background: true,
         ready_fd: None,
+        snapshot: None,
     };
     if verbose {
         background(&args, out)
