@@ -120,6 +120,12 @@ impl Blobstore {
             };
             (m, pm)
         };
+        if m.flags & FLAG_READ_ONLY != 0 {
+            // Even when nothing needs copying: a snapshot's links do not change under it.
+            return Err(Error::ReadOnly(format!(
+                "blob {id} is read-only (a snapshot): inflate or decouple its clones instead"
+            )));
+        }
         let Some(pm) = parent_meta else {
             if all {
                 // Already independent: "all clusters allocated" still holds after this.

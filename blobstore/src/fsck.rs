@@ -1,20 +1,26 @@
 //! Offline check and repair of the store itself (the filesystem on top has its own).
 //!
 //! `check_store` reads both superblock copies and replays the log leniently (see
-//! [`recovery::replay_lenient`]), collecting findings instead of failing. `repair_store`
-//! fixes what can be fixed without guessing: clusters owned twice are cloned (each owner
-//! keeps the bytes it had), unknown flags are cleared, records that do not apply and damaged
-//! groups are left out, and a damaged superblock copy is rewritten. The repaired state is
-//! written as a fresh checkpoint (new log, both superblock copies), through the same
-//! checkpoint code a live store uses. A damaged checkpoint or unknown incompatible features
-//! are not repairable.
+//! [`recovery::replay_lenient`]), collecting findings instead of failing, then checks the
+//! parent links of the state it rebuilt and counts shared and exclusive clusters (see
+//! [`check_links`]). `repair_store` fixes what can be fixed without guessing: clusters owned
+//! twice are cloned (each owner keeps the bytes it had), unknown flags are cleared, records
+//! that do not apply (a parent link to a missing blob or making a cycle among them) and
+//! damaged groups are left out, a writable parent is made read-only, a `through` beyond the
+//! blob's size is limited to it, and a damaged superblock copy is rewritten. The repaired
+//! state is written as a fresh checkpoint (new log, both superblock copies), through the
+//! same checkpoint code a live store uses. A damaged checkpoint or unknown incompatible
+//! features are not repairable.
 
+use crate::check::{check_links, Sharing};
 use crate::error::{Error, Result};
 use crate::format::superblock::{Superblock, SB_SIZE};
+use crate::meta::{Table, FLAG_READ_ONLY};
 use crate::recovery::{self, read_bytes, Finding, Replayed};
 use crate::store::{Blobstore, OpenOptions};
-use crate::units::ClusterIdx;
+use crate::units::{BlobId, ClusterIdx};
 use driver::{run_one, Device, Lba, Op};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the store check found.
@@ -29,6 +35,8 @@ pub struct StoreCheck {
     pub replayed: Option<Replayed>,
     /// Why checking could not go on, if it could not.
     pub fatal: Option<String>,
+    /// Shared and exclusive clusters of the replayed state (when there is one).
+    pub sharing: Option<Sharing>,
 }
 
 impl StoreCheck {
@@ -99,6 +107,7 @@ pub fn check_store(dev: &Arc<dyn Device>) -> Result<StoreCheck> {
         findings: Vec::new(),
         replayed: None,
         fatal: None,
+        sharing: None,
     };
     let Some(slot) = active else {
         out.findings.push(Finding::new(
@@ -176,7 +185,18 @@ pub fn check_store(dev: &Arc<dyn Device>) -> Result<StoreCheck> {
         return Ok(out);
     }
     match recovery::replay_lenient(qp.as_mut(), dev.as_ref(), &sb, false, &mut findings) {
-        Ok(r) => out.replayed = Some(r),
+        Ok(r) => {
+            // The replay refuses links to missing blobs and cycles record by record
+            // (`invalid-record`); what is left is checked as the live check does.
+            let (sharing, problems) = check_links(&r.table);
+            findings.extend(
+                problems
+                    .into_iter()
+                    .map(|p| Finding::new(p.kind, p.detail, p.repairable)),
+            );
+            out.sharing = Some(sharing);
+            out.replayed = Some(r);
+        }
         Err(Error::Io(e)) => return Err(Error::Io(e)),
         Err(e) => {
             findings.push(Finding::new(
@@ -242,9 +262,17 @@ pub fn repair_store(dev: Arc<dyn Device>, check: StoreCheck) -> Result<(Blobstor
         ));
     }
     run_one(qp.as_mut(), Op::Flush)?;
+    repair_links(&mut r.table);
     for f in &check.findings {
         match f.kind {
             "cluster-owned-twice" => {}
+            "parent-writable" => done.push(format!("made the parent read-only: {}", f.detail)),
+            "through-beyond-size" | "through-without-parent" => {
+                done.push(format!("limited to the blob's size: {}", f.detail))
+            }
+            "child-count-wrong" | "parent-link-stale" => {
+                done.push(format!("rebuilt from the parent ids: {}", f.detail))
+            }
             "unknown-flags" => done.push(format!("cleared: {}", f.detail)),
             "invalid-record" | "log-damaged" | "checkpoint-damaged" => {
                 done.push(format!("kept the state that replays: {}", f.detail))
@@ -267,6 +295,33 @@ pub fn repair_store(dev: Arc<dyn Device>, check: StoreCheck) -> Result<(Blobstor
     store.checkpoint()?;
     store.checkpoint()?;
     Ok((store, done))
+}
+
+/// Restores the parent-link invariants a repair can restore without changing what any blob
+/// reads (a missing parent and a cycle are refused before this): parents read-only,
+/// `through` within the blob's size (and 0 without a parent), and the children counts and
+/// parent handles rebuilt from the parent ids.
+fn repair_links(table: &mut Table) {
+    let mut children: BTreeMap<BlobId, u64> = BTreeMap::new();
+    for e in table.blobs.values() {
+        let mut m = e.meta.write();
+        let limit = if m.parent.0 == 0 {
+            0
+        } else {
+            m.clusters.len() as u64
+        };
+        m.through = m.through.min(limit);
+        if m.parent.0 != 0 {
+            *children.entry(m.parent).or_insert(0) += 1;
+        }
+        *e.parent.write() = table.blobs.get(&m.parent).cloned();
+    }
+    for (id, e) in &table.blobs {
+        if children.contains_key(id) {
+            e.meta.write().flags |= FLAG_READ_ONLY;
+        }
+    }
+    table.children = children;
 }
 
 fn copy_cluster(

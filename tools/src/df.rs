@@ -5,6 +5,7 @@ use crate::offline::Locked;
 use anyhow::{Context, Result};
 use blobfs::inode::{parse_orphan_key, InodeAttr, KEY_INODE, KEY_MARKER, MARKER};
 use blobfs::{Kind, ROOT_INO};
+use blobstore::check::Sharing;
 use blobstore::{BlobId, Blobstore, OpenOptions, XattrNs};
 use serde::Serialize;
 use std::io::Write;
@@ -41,6 +42,15 @@ pub struct Report {
     /// Inodes in use: blobs (for BlobFS, one per file, directory, symlink... plus
     /// orphans).
     pub blobs: u64,
+    /// Blob clusters owned by a blob that has children (a snapshot that clones, or the blob
+    /// it was taken of, read through): stored once, read by several blobs. Counted as
+    /// `blobfs fsck` counts them (`blobstore::check::check_links`).
+    pub shared_clusters: u64,
+    pub shared_bytes: u64,
+    /// Blob clusters owned by a blob without children. Shared plus exclusive are the
+    /// clusters blobs hold (used clusters minus the metadata's).
+    pub exclusive_clusters: u64,
+    pub exclusive_bytes: u64,
     /// `blobfs` or `none` (a bare blobstore).
     pub filesystem: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,8 +68,20 @@ pub struct Report {
     pub orphans: Option<u64>,
 }
 
+/// The line `df` and `fsck` both print about shared and exclusive clusters.
+pub fn sharing_line(s: &Sharing, cluster_size: u64) -> String {
+    format!(
+        "Blob clusters: {} shared ({}), {} exclusive ({})",
+        s.shared_clusters,
+        human::bytes(s.shared_clusters * cluster_size),
+        s.exclusive_clusters,
+        human::bytes(s.exclusive_clusters * cluster_size)
+    )
+}
+
 pub fn report(name: &str, store: &Blobstore) -> Report {
     let u = store.usage();
+    let sharing = store.cluster_sharing();
     let cs = u.cluster_size;
     let used = u.clusters.saturating_sub(u.free);
     let reserved = u.reserved.min(u.free);
@@ -82,6 +104,10 @@ pub fn report(name: &str, store: &Blobstore) -> Report {
         free_clusters: u.free,
         reserved_clusters: reserved,
         blobs: u.blobs,
+        shared_clusters: sharing.shared_clusters,
+        shared_bytes: sharing.shared_clusters * cs,
+        exclusive_clusters: sharing.exclusive_clusters,
+        exclusive_bytes: sharing.exclusive_clusters * cs,
         filesystem: "none".into(),
         files: None,
         dirs: None,
@@ -181,6 +207,12 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
         r.clusters,
         human::bytes(r.cluster_size)
     )?;
+    let sharing = Sharing {
+        shared_clusters: r.shared_clusters,
+        exclusive_clusters: r.exclusive_clusters,
+        ..Sharing::default()
+    };
+    writeln!(out, "{}", sharing_line(&sharing, r.cluster_size))?;
     match (r.files, r.dirs, r.symlinks, r.other, r.orphans) {
         (Some(f), Some(d), Some(l), Some(o), Some(orph)) => writeln!(
             out,

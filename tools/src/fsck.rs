@@ -6,6 +6,7 @@
 use crate::device::{Target, LOCK_WAIT};
 use anyhow::{Context, Result};
 use blobfs::{check_fs, is_blobfs, repair_fs, FsFinding, Severity};
+use blobstore::check::Sharing;
 use blobstore::fsck::{check_store, repair_store};
 use blobstore::{Blobstore, OpenOptions};
 use serde::Serialize;
@@ -60,8 +61,31 @@ struct Report {
     repaired: usize,
     remaining: usize,
     repairs: Vec<String>,
+    /// Blob clusters whose owner has children (clones read through them), and those
+    /// whose owner has none, as `blobfs df` counts them; after repairs, of the repaired
+    /// state. Absent when no state could be replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_clusters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclusive_clusters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exclusive_bytes: Option<u64>,
+    #[serde(skip)]
+    cluster_size: u64,
     exit_code: u8,
     summary: String,
+}
+
+impl Report {
+    fn set_sharing(&mut self, s: Sharing, cluster_size: u64) {
+        self.cluster_size = cluster_size;
+        self.shared_clusters = Some(s.shared_clusters);
+        self.shared_bytes = Some(s.shared_clusters * cluster_size);
+        self.exclusive_clusters = Some(s.exclusive_clusters);
+        self.exclusive_bytes = Some(s.exclusive_clusters * cluster_size);
+    }
 }
 
 /// Runs fsck and returns the process exit code (errors are reported, as code 8).
@@ -109,6 +133,14 @@ fn print_human(r: &Report, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "{tag:5} {} {}: {}", f.layer, f.kind, f.detail)?;
     }
     if r.exit_code != EXIT_OPERATIONAL {
+        if let (Some(shared), Some(exclusive)) = (r.shared_clusters, r.exclusive_clusters) {
+            let s = Sharing {
+                shared_clusters: shared,
+                exclusive_clusters: exclusive,
+                ..Sharing::default()
+            };
+            writeln!(out, "{}", crate::df::sharing_line(&s, r.cluster_size))?;
+        }
         writeln!(out, "{}: {}", r.path, r.summary)?;
     }
     Ok(())
@@ -177,6 +209,9 @@ fn run(args: &Args, report: &mut Report) -> Result<u8> {
     let sc = check_store(&dev).with_context(|| format!("{}: cannot check", target.describe()))?;
     let store_errors = sc.errors();
     let store_repairable = sc.repairable();
+    if let (Some(s), Some(r)) = (sc.sharing, &sc.replayed) {
+        report.set_sharing(s, u64::from(r.sb.cluster_size));
+    }
     // The store: repaired (written as a fresh checkpoint), or built read-only from what
     // the lenient replay recovered, so the filesystem can be checked either way.
     let mut store_done = false;
@@ -261,6 +296,12 @@ fn run(args: &Args, report: &mut Report) -> Result<u8> {
                 }
                 fs_left = fs_errors;
             }
+        }
+    }
+    // Repairs can change the figures (a deleted orphan): report the repaired state.
+    if let Some(store) = &store {
+        if !report.repairs.is_empty() {
+            report.set_sharing(store.cluster_sharing(), store.cluster_size());
         }
     }
     // After a repair, the store's own check (memory and device) must agree. Without

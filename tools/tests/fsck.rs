@@ -592,3 +592,186 @@ fn clean_and_operational_errors() {
     let (code, text) = fsck(&bare, "-n");
     assert_eq!(code, 0, "{text}");
 }
+
+/// Runs `blobfs ARGS` and returns (exit code, stdout).
+fn blobfs(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_blobfs"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// The `Blob clusters: ...` line of a text output.
+fn sharing_line(text: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with("Blob clusters: "))
+        .unwrap_or_else(|| panic!("no shared/exclusive line in:\n{text}"))
+        .to_string()
+}
+
+/// df and fsck (text and JSON) print the same shared and exclusive figures.
+fn assert_df_fsck_agree(img: &Path, shared: u64, exclusive: u64) {
+    let path = img.to_str().unwrap();
+    let (code, df) = blobfs(&["df", "--json", path]);
+    assert_eq!(code, 0, "{df}");
+    let df: serde_json::Value = serde_json::from_str(&df).unwrap();
+    let (code, fsck) = blobfs(&["fsck", "-n", "--json", path]);
+    assert_eq!(code, 0, "{fsck}");
+    let fsck: serde_json::Value = serde_json::from_str(&fsck).unwrap();
+    for (k, want) in [
+        ("shared_clusters", shared),
+        ("exclusive_clusters", exclusive),
+        ("shared_bytes", shared * CS),
+        ("exclusive_bytes", exclusive * CS),
+    ] {
+        assert_eq!(df[k].as_u64(), Some(want), "df {k}: {df:#}");
+        assert_eq!(fsck[k].as_u64(), Some(want), "fsck {k}: {fsck:#}");
+    }
+    // Blobs hold every used cluster but the metadata's (cluster 0 and the log).
+    let st = Blobstore::open(
+        dev(img),
+        OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        },
+    )
+    .unwrap();
+    let meta = 1 + st.metadata_layout().log_segments.len() as u64;
+    drop(st);
+    assert_eq!(
+        df["used_clusters"].as_u64().unwrap(),
+        shared + exclusive + meta,
+        "{df:#}"
+    );
+    let (_, df_text) = blobfs(&["df", path]);
+    let (_, fsck_text) = blobfs(&["fsck", "-n", path]);
+    let line = sharing_line(&df_text);
+    assert_eq!(
+        line,
+        sharing_line(&fsck_text),
+        "df:\n{df_text}\nfsck:\n{fsck_text}"
+    );
+    assert!(
+        line.starts_with(&format!("Blob clusters: {shared} shared (")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(", {exclusive} exclusive (")),
+        "{line}"
+    );
+}
+
+#[test]
+fn df_and_fsck_agree_on_shared_and_exclusive_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("clones.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    Blobstore::format(
+        dev(&img),
+        &blobstore::FormatOptions {
+            cluster_size: CS as u32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let st = store(&img);
+    assert!(st.supports_clones());
+    let mut ch = st.channel().unwrap();
+    // A thin blob with 3 clusters of data, snapshotted and cloned; a thick blob of 2.
+    let base = st
+        .create_blob(BlobOptions {
+            thin: true,
+            clusters: 4,
+            ..Default::default()
+        })
+        .unwrap();
+    st.open_blob(base)
+        .unwrap()
+        .write(&mut ch, 0, &vec![0x5a; 3 * CS as usize])
+        .unwrap();
+    let plain = st
+        .create_blob(BlobOptions {
+            thin: false,
+            clusters: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    let snap = st.snapshot(base).unwrap();
+    let clone = st.clone_blob(snap).unwrap();
+    // The clone writes a cluster of its own; the base copies one on write.
+    st.open_blob(clone)
+        .unwrap()
+        .write(&mut ch, 3 * CS, &vec![0x66; CS as usize])
+        .unwrap();
+    st.open_blob(base)
+        .unwrap()
+        .write(&mut ch, 4096, &[0x77; 4096])
+        .unwrap();
+    drop(ch);
+    st.close().unwrap();
+    // The snapshot's 3 clusters are shared; the clone's, the base's and plain's 2 are not.
+    assert_df_fsck_agree(&img, 3, 4);
+    let before = bytes(&img);
+    let (code, text) = fsck(&img, "-y");
+    assert_eq!(code, 0, "{text}");
+    assert!(bytes(&img) == before, "fsck -y wrote to a clean image");
+
+    // A writable parent: fsck names it, -y makes the snapshot read-only, and the figures
+    // still agree.
+    let st = store(&img);
+    st.debug_inject_records(vec![Record::SetFlags {
+        id: snap,
+        flags: blobstore::FLAG_THIN,
+    }])
+    .unwrap();
+    drop(st);
+    let (code, text) = fsck(&img, "-n");
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("parent-writable"), "{text}");
+    assert_eq!(
+        sharing_line(&text),
+        sharing_line(&blobfs(&["df", img.to_str().unwrap()]).1)
+    );
+    let (code, text) = fsck(&img, "-y");
+    assert_eq!(code, 1, "{text}");
+    assert_df_fsck_agree(&img, 3, 4);
+    let st = store(&img);
+    assert!(st.open_blob(snap).unwrap().is_read_only());
+    assert_eq!(st.family(snap).unwrap().children.len(), 2);
+    drop(st);
+
+    // A cycle (the snapshot reading through its own clone): the image no longer loads, df
+    // fails cleanly, fsck reports it (no panic) and -y drops the record.
+    let st = store(&img);
+    st.debug_inject_records(vec![Record::SetParent {
+        id: snap,
+        parent: clone,
+        through: 4,
+    }])
+    .unwrap();
+    drop(st);
+    let (code, _) = blobfs(&["df", img.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    let (code, text) = fsck(&img, "-n");
+    assert_eq!(code, 4, "{text}");
+    assert!(
+        text.contains("invalid-record") && text.contains("cycle"),
+        "{text}"
+    );
+    let (code, text) = fsck(&img, "-y");
+    assert_eq!(code, 1, "{text}");
+    assert_df_fsck_agree(&img, 3, 4);
+    let _ = plain;
+}
