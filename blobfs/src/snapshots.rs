@@ -560,7 +560,7 @@ impl Inner {
 /// the inodes clones created, found by walking each clone's tree), and every blob that a
 /// blob of the live tree or of those reads through (frozen copies, a reflink's hidden one):
 /// what a check of the live tree must not take for its own inodes or for leaks.
-pub(crate) fn other_trees(metas: &BTreeMap<BlobId, blobstore::BlobMeta>) -> HashSet<BlobId> {
+pub fn other_trees(metas: &BTreeMap<BlobId, blobstore::BlobMeta>) -> HashSet<BlobId> {
     let mut others = HashSet::new();
     let Some(root) = metas.get(&BlobId(ROOT_INO)) else {
         return others;

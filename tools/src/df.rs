@@ -124,9 +124,15 @@ pub fn report(name: &str, store: &Blobstore) -> Report {
         return r;
     }
     r.filesystem = "blobfs".into();
-    // One inode record per blob: cheap (metadata is in memory).
+    // One inode record per blob: cheap (metadata is in memory). Blobs of snapshots and
+    // clones (and frozen copies files read through) carry inode records too, but are not
+    // inodes of the live tree.
+    let others = blobfs::snapshots::other_trees(&store.export());
     let (mut files, mut dirs, mut links, mut other) = (0, 0, 0, 0);
     for id in store.blob_ids() {
+        if others.contains(&id) {
+            continue;
+        }
         let Ok(b) = store.open_blob(id) else { continue };
         let kind = b
             .get_xattr_ns(XattrNs::Internal, KEY_INODE)

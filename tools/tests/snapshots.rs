@@ -72,8 +72,14 @@ fn snapshot_clone_list_delete_from_the_command_line() {
     assert!(e.contains("work"), "the clone is named: {e}");
     let e = fails(d, &["snapshot", "img", "a/b"]);
     assert!(e.contains("a/b"), "{e}");
-    // fsck is clean with snapshots and clones present.
+    // fsck is clean with snapshots and clones present; df counts the live tree's inodes
+    // only (the root and a.txt), and shows the snapshot's clusters as shared.
     ok(d, &["fsck", "-n", "img"]);
+    let df = ok(d, &["df", "--json", "img"]);
+    let v: serde_json::Value = serde_json::from_str(&df).unwrap();
+    assert_eq!(v["files"], 1, "{df}");
+    assert_eq!(v["dirs"], 1, "{df}");
+    assert!(v["shared_clusters"].as_u64().unwrap() >= 1, "{df}");
     ok(d, &["cp", "img:/a.txt", "live.txt"]);
     assert_eq!(
         std::fs::read(d.join("live.txt")).unwrap(),
