@@ -535,6 +535,61 @@ impl FileSystem {
     }
 }
 
+impl FileSystem {
+    /// `lseek(SEEK_DATA)`: the first offset at or after `offset` that holds data (written
+    /// pages not yet written back, or a cluster the file or what it reads through has);
+    /// `None` when there is none before the end of the file (ENXIO).
+    pub fn seek_data(&self, ino: Ino, offset: u64) -> Result<Option<u64>> {
+        let inode = self.inner.get(ino)?;
+        let st = inode.st.lock();
+        let size = st.attr.size;
+        if offset >= size {
+            return Ok(None);
+        }
+        let page = crate::fs::PAGE;
+        let dirty = st
+            .pages
+            .range(offset / page..)
+            .next()
+            .map(|(i, _)| (i * page).max(offset));
+        let mapped = inode.blob.seek_data(offset);
+        let at = match (dirty, mapped) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(u64::MAX),
+        };
+        Ok((at < size).then_some(at))
+    }
+
+    /// `lseek(SEEK_HOLE)`: the first offset at or after `offset` that reads zeroes without
+    /// holding data, or the file size (every file ends in a virtual hole); `None` when
+    /// `offset` is at or past the end (ENXIO).
+    pub fn seek_hole(&self, ino: Ino, offset: u64) -> Result<Option<u64>> {
+        let inode = self.inner.get(ino)?;
+        let st = inode.st.lock();
+        let size = st.attr.size;
+        if offset >= size {
+            return Ok(None);
+        }
+        let page = crate::fs::PAGE;
+        let mut pos = offset;
+        while pos < size {
+            let hole = inode.blob.seek_hole(pos);
+            if hole > pos {
+                // Inside clusters with data: skip to their end.
+                pos = hole;
+                continue;
+            }
+            if st.pages.contains_key(&(pos / page)) {
+                pos = (pos / page + 1) * page;
+                continue;
+            }
+            // No cluster with data and no dirty page here: a hole.
+            return Ok(Some(pos));
+        }
+        Ok(Some(size))
+    }
+}
+
 impl Inner {
     /// After a blob whose parent was `p` went: a hidden frozen blob (a reflink's, held by no
     /// snapshot) that nobody reads through any more goes too, and so on up its chain.

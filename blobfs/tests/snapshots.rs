@@ -246,3 +246,31 @@ fn reflink_shares_data_until_either_side_writes() {
     assert_eq!(fs.store().blob_ids().len(), 1, "only the root is left");
     clean(&fs);
 }
+
+#[test]
+fn seek_data_and_hole_see_clusters_dirty_pages_and_parents() {
+    let dev = mem(64 << 20);
+    let fs = new_fs(&dev);
+    let cs = 64 * 1024u64;
+    let f = fs.create(ROOT_INO, b"sparse", 0o644, 0, 0).unwrap().ino;
+    // Data in cluster 0 and cluster 5 (written back), a dirty page in cluster 8.
+    fs.write(f, 100, b"a").unwrap();
+    fs.write(f, 5 * cs + 10, b"b").unwrap();
+    fs.fsync(f).unwrap();
+    fs.write(f, 8 * cs + 4096, b"c").unwrap();
+    let size = 8 * cs + 4097;
+    assert_eq!(fs.getattr(f).unwrap().size, size);
+    assert_eq!(fs.seek_data(f, 0).unwrap(), Some(0));
+    assert_eq!(fs.seek_hole(f, 0).unwrap(), Some(cs));
+    assert_eq!(fs.seek_data(f, cs).unwrap(), Some(5 * cs));
+    assert_eq!(fs.seek_hole(f, 5 * cs).unwrap(), Some(6 * cs));
+    assert_eq!(fs.seek_data(f, 6 * cs).unwrap(), Some(8 * cs + 4096));
+    assert_eq!(fs.seek_hole(f, 8 * cs + 4096).unwrap(), Some(size));
+    assert_eq!(fs.seek_data(f, size).unwrap(), None);
+    assert_eq!(fs.seek_hole(f, size).unwrap(), None);
+    // A reflinked copy sees the same data through its hidden parent.
+    fs.fsync(f).unwrap();
+    let copy = fs.reflink(f, ROOT_INO, b"copy", 0, 0).unwrap().ino;
+    assert_eq!(fs.seek_data(copy, cs).unwrap(), Some(5 * cs));
+    assert_eq!(fs.seek_hole(copy, 0).unwrap(), Some(cs));
+}
