@@ -1517,10 +1517,6 @@ impl Inner {
         // file's dirty pages in it and zeroes (nothing was written there before). So a new
         // file's create+write+fsync takes one Flush, not two.
         let cs = self.store.cluster_size();
-        // A clone's new clusters are copies of its parent's, not pages and zeroes.
-        if inode.blob.parent().is_some() {
-            return Ok(false);
-        }
         let mut new_clusters: Vec<u64> = Vec::new();
         for (start, idxs) in &runs {
             let a = start * PAGE;
@@ -1530,6 +1526,11 @@ impl Inner {
                     new_clusters.push(c);
                 }
             }
+        }
+        // A clone's new clusters are copies of its parent's, not pages and zeroes: those
+        // fsyncs take the ordinary path (appends into clusters it owns still overlap).
+        if !new_clusters.is_empty() && inode.blob.parent().is_some() {
+            return Ok(false);
         }
         let mut checks = vec![(from, size - from, crc)];
         for &c in &new_clusters {

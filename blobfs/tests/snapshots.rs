@@ -274,3 +274,39 @@ fn seek_data_and_hole_see_clusters_dirty_pages_and_parents() {
     assert_eq!(fs.seek_data(copy, cs).unwrap(), Some(5 * cs));
     assert_eq!(fs.seek_hole(copy, 0).unwrap(), Some(cs));
 }
+
+/// After a snapshot every live file is a clone: appends into clusters it already owns still
+/// take one flush per fsync; the first write into a shared cluster copies it (ordered).
+#[test]
+fn appends_to_a_snapshotted_file_keep_one_flush_fsyncs() {
+    let dev = mem(64 << 20);
+    let fs = new_fs(&dev);
+    let f = fs.create(ROOT_INO, b"wal", 0o644, 0, 0).unwrap().ino;
+    fs.write(f, 0, &[1u8; 100]).unwrap();
+    fs.fsync(f).unwrap();
+    fs.snapshot("s").unwrap();
+    // The first append copies the shared cluster (and confirms), then each append+fsync
+    // into the now-own cluster takes one flush.
+    let mut want = vec![1u8; 100];
+    fs.write(f, 100, &[2u8; 100]).unwrap();
+    want.extend_from_slice(&[2u8; 100]);
+    fs.fsync(f).unwrap();
+    fs.write(f, 200, &[3u8; 100]).unwrap();
+    want.extend_from_slice(&[3u8; 100]);
+    fs.fsync(f).unwrap();
+    let before = dev.stats().flushes;
+    for i in 0..20u8 {
+        let at = want.len() as u64;
+        fs.write(f, at, &[i; 50]).unwrap();
+        want.extend_from_slice(&[i; 50]);
+        fs.fsync(f).unwrap();
+    }
+    assert_eq!(dev.stats().flushes - before, 20);
+    fs.close().unwrap();
+    let fs = open(&dev, None, false);
+    assert_eq!(fs.read(f, 0, 1 << 20).unwrap(), want);
+    let snap = open(&dev, Some("s"), true);
+    assert_eq!(snap.read(f, 0, 1 << 20).unwrap(), vec![1u8; 100]);
+    drop(snap);
+    clean(&fs);
+}

@@ -588,10 +588,8 @@ fn verify_checks(
         while pos < end {
             let within = pos % cluster_size;
             let n = (cluster_size - within).min(end - pos).min(PIECE);
-            let cluster = map
-                .get((pos / cluster_size) as usize)
-                .copied()
-                .unwrap_or(ClusterIdx::NONE);
+            // A clone's unallocated cluster reads its ancestors' (as a read would).
+            let cluster = e.resolve(pos / cluster_size).unwrap_or(ClusterIdx::NONE);
             if cluster.is_some() {
                 let start = cluster.0 * cluster_size + within;
                 let a0 = start / lba * lba;
