@@ -18,6 +18,9 @@
 #                   table, writes bench/results.json, bench/ratios.svg, docs/benchmarks.md
 #   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios; writes
 #                   bench/quick/ and leaves docs/benchmarks.md alone
+#   make test-vm    boot Debian's kernel under qemu (software emulation) with an emulated NVMe
+#                   controller and run the VM tests in it (tests/vm/; ~1.5 min, root; fetches
+#                   qemu-system-x86, busybox-static and the kernel package on first use)
 #   make bench-fsck time blobfs fsck on a 64 GiB image of 100,000 files (~7 GiB of disk in
 #                   BENCH_DIR, default $TMPDIR or /tmp; BENCH_ARGS=... passes options)
 #
@@ -160,6 +163,14 @@ clean:
 # when missing), the release binary and libblobfs_rocksdb.so next to it, and root (loop
 # devices, mounts). BENCH_ARGS passes options (e.g. BENCH_ARGS="--only blobio,meta").
 BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
+.PHONY: test-vm
+# BlobFS on /dev/nvme0n1 inside the VM, with 4096- and 512-byte LBAs (tests/vm/run.sh
+# installs what it needs itself and caches the kernel under target/vm/).
+test-vm: deps
+	$(CARGO) build -p blobfs-tools
+	tests/vm/run.sh --lba 4096 -- tests/vm/smoke.sh
+	tests/vm/run.sh --lba 512 -- tests/vm/smoke.sh
+
 .PHONY: bench bench-quick bench-deps
 bench-deps: deps
 	@$(call apt_install,$(BENCH_PACKAGES),bench)
