@@ -27,6 +27,7 @@ mod buf;
 mod error;
 pub mod fault;
 pub mod mem;
+pub mod passthru;
 mod uri;
 pub mod uring;
 

@@ -127,8 +127,9 @@ fn parse_loc(arg: &OsStr) -> Loc {
             continue;
         };
         if let Ok(Target::Path { path, .. }) = Target::parse(spec) {
-            let is_image = std::fs::metadata(&path)
-                .is_ok_and(|m| m.is_file() || m.file_type().is_block_device());
+            let is_image = std::fs::metadata(&path).is_ok_and(|m| {
+                m.is_file() || m.file_type().is_block_device() || m.file_type().is_char_device()
+            });
             if is_image {
                 return Loc::Image {
                     spec: spec.to_string(),

@@ -40,6 +40,9 @@ pub enum PathKind {
     Missing,
     File,
     BlockDevice,
+    /// An NVMe namespace's generic character device (`/dev/ngXnY`): driven with NVMe
+    /// commands through io_uring passthrough.
+    NvmeChar,
 }
 
 /// Parses a size such as `4096`, `64K`, `1M`, `10G` (binary units); `what` names the value
@@ -126,6 +129,7 @@ impl Target {
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => Ok(PathKind::File),
             Ok(m) if m.file_type().is_block_device() => Ok(PathKind::BlockDevice),
+            Ok(m) if m.file_type().is_char_device() => Ok(PathKind::NvmeChar),
             Ok(m) if m.is_dir() => bail!("{}: is a directory", path.display()),
             Ok(_) => bail!("{}: not a regular file or block device", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PathKind::Missing),
@@ -149,6 +153,29 @@ impl Target {
                 let p = path
                     .to_str()
                     .ok_or_else(|| anyhow!("{}: path is not valid UTF-8", path.display()))?;
+                if self.path_kind()? == PathKind::NvmeChar {
+                    let dev = driver::passthru::PassthruDevice::open(
+                        p,
+                        &driver::passthru::PassthruOptions {
+                            read_only,
+                            no_poll: false,
+                        },
+                    )
+                    .map_err(|e| match e {
+                        driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
+                        other => anyhow!(other),
+                    })
+                    .with_context(|| format!("{}: cannot open", path.display()))?;
+                    if let Some(l) = lba.filter(|l| *l != dev.geometry().lba_size) {
+                        bail!(
+                            "{}: the namespace has {}-byte LBAs, not {l} (reformat it with \
+                             nvme-cli to change that)",
+                            path.display(),
+                            dev.geometry().lba_size
+                        );
+                    }
+                    return Ok(Arc::new(dev));
+                }
                 let dev = UringDevice::open(
                     p,
                     &UringOptions {

@@ -93,10 +93,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             create_image(path, n)?;
             created = Some(path.clone());
         }
-        (Target::Path { path, .. }, PathKind::BlockDevice) => {
+        (Target::Path { path, .. }, PathKind::BlockDevice | PathKind::NvmeChar) => {
             if size.is_some() {
                 bail!(
-                    "{}: is a block device; --size applies to image files only",
+                    "{}: is a device; --size applies to image files only",
                     path.display()
                 );
             }
@@ -209,6 +209,7 @@ fn format_and_report(
     let kind = match target.path_kind()? {
         _ if target.is_mem() => "in-memory device, discarded on exit",
         PathKind::BlockDevice => "block device",
+        PathKind::NvmeChar => "NVMe namespace, io_uring passthrough",
         _ => "image file",
     };
     if filesystem {
