@@ -19,7 +19,7 @@
 #   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios; writes
 #                   bench/quick/ and leaves docs/benchmarks.md alone
 #   make test-vm    boot Debian's kernel under qemu (software emulation) with an emulated NVMe
-#                   controller and run the VM tests in it (tests/vm/; ~2.5 min, root; fetches
+#                   controller and run the VM tests in it (tests/vm/; ~4 min, root; fetches
 #                   qemu-system-x86, busybox-static and the kernel package on first use)
 #   make bench-fsck time blobfs fsck on a 64 GiB image of 100,000 files (~7 GiB of disk in
 #                   BENCH_DIR, default $TMPDIR or /tmp; BENCH_ARGS=... passes options)
@@ -165,7 +165,8 @@ clean:
 BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
 .PHONY: test-vm
 # BlobFS on /dev/nvme0n1 (kernel block device) and on /dev/ng0n1 (io_uring passthrough)
-# inside the VM, with 4096- and 512-byte LBAs; data crosses between the two paths
+# inside the VM, with 4096- and 512-byte LBAs; data crosses between the two paths; the
+# blobstore API tests (blobstore/tests/basic.rs) run on both paths
 # (tests/vm/run.sh installs what it needs itself and caches the kernel under target/vm/).
 test-vm: deps
 	$(CARGO) build -p blobfs-tools
@@ -174,6 +175,9 @@ test-vm: deps
 	tests/vm/run.sh --lba 512 -- tests/vm/smoke.sh
 	tests/vm/run.sh --lba 4096 -- 'target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh'
 	tests/vm/run.sh --lba 512 -- 'target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh'
+	bin=$$(tests/vm/testbin.sh blobfs-blobstore basic) && [ -n "$$bin" ] && \
+		tests/vm/run.sh --lba 4096 -- tests/vm/blobstore.sh "$$bin" && \
+		tests/vm/run.sh --lba 512 -- tests/vm/blobstore.sh "$$bin"
 
 .PHONY: bench bench-quick bench-deps
 bench-deps: deps

@@ -57,9 +57,50 @@ impl TestDev {
         }
     }
 
-    /// Both backends with the same geometry.
+    /// Both backends with the same geometry (memory, io_uring on an image file); when
+    /// `BLOBFS_TEST_NVME` names an NVMe namespace (`/dev/ng0n1` for io_uring passthrough,
+    /// `/dev/nvme0n1` for the block device; the VM tests set it), the first `capacity` bytes
+    /// of that namespace instead of the image file, if its LBA size is `lba` (the VM runs
+    /// both sizes). Tests using it must run one at a time
+    /// (`--test-threads=1`): they share the namespace.
     pub fn all(capacity: u64, lba: u32) -> Vec<TestDev> {
-        vec![TestDev::mem(capacity, lba), TestDev::uring(capacity, lba)]
+        let mut v = vec![TestDev::mem(capacity, lba)];
+        match std::env::var("BLOBFS_TEST_NVME") {
+            // In the VM: the namespace instead of an image file (the guest's /tmp is a
+            // tmpfs, without O_DIRECT on its kernel; image files are tested on the host).
+            Ok(path) => v.extend(TestDev::nvme(&path, capacity, lba)),
+            Err(_) => v.push(TestDev::uring(capacity, lba)),
+        }
+        v
+    }
+
+    /// The first `capacity` bytes of an NVMe namespace, or `None` if its LBA size is not
+    /// `lba`.
+    pub fn nvme(path: &str, capacity: u64, lba: u32) -> Option<TestDev> {
+        let dev: Arc<dyn Device> = if std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+            .unwrap_or(false)
+        {
+            Arc::new(
+                driver::passthru::PassthruDevice::open(
+                    path,
+                    &driver::passthru::PassthruOptions::default(),
+                )
+                .unwrap(),
+            )
+        } else {
+            Arc::new(UringDevice::open(path, &UringOptions::default()).unwrap())
+        };
+        if dev.geometry().lba_size != lba {
+            return None;
+        }
+        Some(TestDev {
+            name: "nvme",
+            dev: Arc::new(Window::new(dev, capacity)),
+            mem: None,
+            dir: None,
+            path: Some(path.to_string()),
+        })
     }
 
     pub fn format(&self, cluster_size: u32) -> Blobstore {
@@ -76,6 +117,39 @@ impl TestDev {
 
     pub fn open(&self) -> Blobstore {
         Blobstore::open(Arc::clone(&self.dev), OpenOptions::default()).unwrap()
+    }
+}
+
+/// The first bytes of a device, as a device of their own (a namespace much larger than a
+/// test wants: out-of-space tests must still find the end where they expect it).
+#[derive(Debug)]
+pub struct Window {
+    inner: Arc<dyn Device>,
+    geom: driver::Geometry,
+}
+
+impl Window {
+    pub fn new(inner: Arc<dyn Device>, capacity: u64) -> Window {
+        let mut geom = inner.geometry();
+        geom.lba_count = geom.lba_count.min(capacity / u64::from(geom.lba_size));
+        Window { inner, geom }
+    }
+}
+
+impl Device for Window {
+    fn geometry(&self) -> driver::Geometry {
+        self.geom
+    }
+    fn open_qpair(&self, depth: u32) -> driver::Result<Box<dyn driver::QueuePair>> {
+        // Commands past the window never come: the store only addresses its geometry.
+        self.inner.open_qpair(depth)
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} (first {} LBAs)",
+            self.inner.describe(),
+            self.geom.lba_count
+        )
     }
 }
 
