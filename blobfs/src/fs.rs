@@ -1097,16 +1097,7 @@ impl FileSystem {
         if drop_mode != 0 {
             self.inner.writable()?;
             let _ns = self.inner.ns.lock();
-            let mut st = inode.st.lock();
-            st.attr.mode &= !drop_mode;
-            st.attr.ctime = Time::now();
-            if st.attr.kind() == Kind::File {
-                st.attr_dirty = true;
-            } else {
-                inode
-                    .blob
-                    .set_xattr_ns(XattrNs::Internal, KEY_INODE, &st.attr.encode())?;
-            }
+            self.inner.change_attr(&inode, |a| a.mode &= !drop_mode)?;
         }
         Ok(())
     }
@@ -1448,7 +1439,14 @@ impl Inner {
     }
 
     fn touch_ctime(&self, inode: &Inode) -> Result<()> {
+        self.change_attr(inode, |_| {})
+    }
+
+    /// Changes an inode's attributes with `f` and stamps its ctime: queued at once for a
+    /// directory or symlink, with the next write-back of a file (its record carries size).
+    pub(crate) fn change_attr(&self, inode: &Inode, f: impl FnOnce(&mut InodeAttr)) -> Result<()> {
         let mut st = inode.st.lock();
+        f(&mut st.attr);
         st.attr.ctime = Time::now();
         if st.attr.kind() == Kind::File {
             st.attr_dirty = true;

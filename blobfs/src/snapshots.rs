@@ -149,6 +149,16 @@ fn load_table(store: &Blobstore, table: BlobId) -> Result<HashMap<Ino, BlobId>> 
     Ok(map)
 }
 
+/// Records inode `ino` -> blob `b` in table `table`.
+fn table_entry(t: &mut blobstore::Transaction<'_>, table: BlobId, ino: Ino, b: BlobId) {
+    t.set_xattr(
+        table,
+        XattrNs::Internal,
+        &ino.to_le_bytes(),
+        &b.0.to_le_bytes(),
+    );
+}
+
 /// The blobs registered snapshots and clones hold: their tables and every blob the tables
 /// name (blobs a clone created itself are found by walking its tree, see `tree_blobs`).
 pub(crate) fn held_blobs(store: &Blobstore, root: &Blob) -> Result<HashSet<BlobId>> {
@@ -298,33 +308,43 @@ impl FileSystem {
                     t.remove_xattr(snap, XattrNs::Internal, &k);
                 }
             }
-            t.set_xattr(
-                table,
-                XattrNs::Internal,
-                &ino.to_le_bytes(),
-                &snap.0.to_le_bytes(),
-            );
+            table_entry(&mut t, table, *ino, snap);
             frozen.push(snap);
         }
+        self.register(t, name, SnapKind::Snapshot, None, table, frozen)
+    }
+
+    /// Adds the registry entry of `name` to `t` (which made `table` and the blobs `blobs`
+    /// it names), commits and syncs, and notes the blobs as held.
+    fn register(
+        &self,
+        mut t: blobstore::Transaction<'_>,
+        name: &str,
+        kind: SnapKind,
+        origin: Option<&str>,
+        table: BlobId,
+        blobs: Vec<BlobId>,
+    ) -> Result<SnapInfo> {
         let created = Time::now();
         t.set_xattr(
             BlobId(ROOT_INO),
             XattrNs::Internal,
             &reg_key(name),
-            &encode_reg(SnapKind::Snapshot, table, created, None),
+            &encode_reg(kind, table, created, origin),
         );
         t.commit()?;
-        store.sync()?;
+        self.inner.store.sync()?;
+        let inodes = blobs.len() as u64;
         let mut held = self.inner.held.lock();
         held.insert(table);
-        held.extend(frozen);
+        held.extend(blobs);
         Ok(SnapInfo {
             name: name.to_string(),
-            kind: SnapKind::Snapshot,
+            kind,
             table,
             created,
-            origin: None,
-            inodes: inodes.len() as u64,
+            origin: origin.map(str::to_string),
+            inodes,
         })
     }
 
@@ -358,34 +378,10 @@ impl FileSystem {
         inos.sort_unstable();
         for (ino, frozen) in inos {
             let c = t.clone_blob(frozen)?;
-            t.set_xattr(
-                table,
-                XattrNs::Internal,
-                &ino.to_le_bytes(),
-                &c.0.to_le_bytes(),
-            );
+            table_entry(&mut t, table, ino, c);
             made.push(c);
         }
-        let created = Time::now();
-        t.set_xattr(
-            BlobId(ROOT_INO),
-            XattrNs::Internal,
-            &reg_key(name),
-            &encode_reg(SnapKind::Clone, table, created, Some(snapshot)),
-        );
-        t.commit()?;
-        store.sync()?;
-        let mut held = self.inner.held.lock();
-        held.insert(table);
-        held.extend(made.iter().copied());
-        Ok(SnapInfo {
-            name: name.to_string(),
-            kind: SnapKind::Clone,
-            table,
-            created,
-            origin: Some(snapshot.to_string()),
-            inodes: made.len() as u64,
-        })
+        self.register(t, name, SnapKind::Clone, Some(snapshot), table, made)
     }
 
     /// Deletes snapshot or clone `name`; durable when it returns. A snapshot with a clone

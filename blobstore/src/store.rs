@@ -1119,14 +1119,7 @@ impl Inner {
                 Err(e)
             }
         };
-        let mut ctl = self.ctl.lock();
-        ctl.leader = false;
-        if let Ok((seq, w)) = res {
-            ctl.durable_seq = ctl.durable_seq.max(seq);
-            ctl.flushed_writes = ctl.flushed_writes.max(w);
-        }
-        self.cv.notify_all();
-        drop(ctl);
+        self.end_lead(&res);
         res.map(|_| ())
     }
 
@@ -1177,14 +1170,19 @@ impl Inner {
             ctl.leader = true;
         }
         let res = self.lead_commit(checkpoint, force_group);
+        self.end_lead(&res);
+        Some(res.map(|_| ()))
+    }
+
+    /// Gives up leadership, publishing what the commit made durable, and wakes waiters.
+    fn end_lead(&self, res: &Result<(u64, u64)>) {
         let mut ctl = self.ctl.lock();
         ctl.leader = false;
         if let Ok((seq, w)) = res {
-            ctl.durable_seq = ctl.durable_seq.max(seq);
-            ctl.flushed_writes = ctl.flushed_writes.max(w);
+            ctl.durable_seq = ctl.durable_seq.max(*seq);
+            ctl.flushed_writes = ctl.flushed_writes.max(*w);
         }
         self.cv.notify_all();
-        Some(res.map(|_| ()))
     }
 
     /// The leader's work. Returns the op sequence and data-write count now durable.
