@@ -1536,43 +1536,40 @@ impl Inner {
         }
         self.writable()?;
         let record = st.attr.encode();
-        let mut ch = match self.channels.lock().pop() {
-            Some(c) => c,
-            None => self.store.channel()?,
-        };
-        ch.set_checked_mapping(!new_clusters.is_empty());
-        let mut submitted = self.submit_runs(&mut ch, inode, st, &runs, blob_size);
-        ch.set_checked_mapping(false);
-        if submitted.is_ok() && !new_clusters.is_empty() {
-            // Allocating writes complete inside the submission; their errors (out of space)
-            // must come out here, as errors of this fsync, not in the commit's wait (where
-            // any failure turns the store read-only). Mappings of clusters that did get
-            // allocated stay queued; without their checks they commit the ordered way.
-            submitted = self.reap_writes(&mut ch);
-        }
-        let res = match submitted {
-            Err(e) => {
-                let _ = self.reap_writes(&mut ch);
-                Err(e)
+        let st_ref: &InodeState = st;
+        let res = self.with_channel(|ch| {
+            ch.set_checked_mapping(!new_clusters.is_empty());
+            let mut submitted = self.submit_runs(ch, inode, st_ref, &runs, blob_size);
+            ch.set_checked_mapping(false);
+            if submitted.is_ok() && !new_clusters.is_empty() {
+                // Allocating writes complete inside the submission; their errors (out of
+                // space) must come out here, as errors of this fsync, not in the commit's
+                // wait (where any failure turns the store read-only). Mappings of clusters
+                // that did get allocated stay queued; without their checks they commit the
+                // ordered way.
+                submitted = self.reap_writes(ch);
             }
-            Ok(()) => self
-                .store
-                .sync_overlapped(
-                    || {
-                        inode.blob.set_xattr_ns_checked(
-                            XattrNs::Internal,
-                            KEY_INODE,
-                            &record,
-                            &checks,
-                        )
-                    },
-                    || self.reap_writes_raw(&mut ch),
-                )
-                .map_err(Error::from),
-        };
-        if ch.in_flight() == 0 {
-            self.channels.lock().push(ch);
-        }
+            match submitted {
+                Err(e) => {
+                    let _ = self.reap_writes(ch);
+                    Err(e)
+                }
+                Ok(()) => self
+                    .store
+                    .sync_overlapped(
+                        || {
+                            inode.blob.set_xattr_ns_checked(
+                                XattrNs::Internal,
+                                KEY_INODE,
+                                &record,
+                                &checks,
+                            )
+                        },
+                        || self.reap_writes_raw(ch),
+                    )
+                    .map_err(Error::from),
+            }
+        });
         res?;
         self.written_back(inode, st, blob_size);
         st.attr_dirty = false;
