@@ -3,7 +3,8 @@
 #   make run        build (release), make ./blobfs.img (1 GiB BlobFS) if missing, mount it
 #                   at ./mnt in the foreground; Ctrl-C (or SIGTERM) unmounts cleanly
 #   make demo       build, then walk through the blob API on ./blobfs.img (blobfs demo)
-#   make test       install what is missing, then fmt check, clippy, and the whole test suite
+#   make test       install what is missing, then fmt check, clippy, the whole test suite,
+#                   and the VM tests (make test-vm)
 #   make build      build the workspace (release)
 #   make rocksdb    build target/release/libblobfs_rocksdb.so, the RocksDB FileSystem on BlobFS
 #                   for LD_PRELOAD into db_bench/ldb/sst_dump (`blobfs rocksdb-env IMAGE` says how)
@@ -19,8 +20,11 @@
 #   make bench-quick the same on small sizes (< 3 min): a smoke test, noisier ratios; writes
 #                   bench/quick/ and leaves docs/benchmarks.md alone
 #   make test-vm    boot Debian's kernel under qemu (software emulation) with an emulated NVMe
-#                   controller and run the VM tests in it (tests/vm/; ~4 min, root; fetches
-#                   qemu-system-x86, busybox-static and the kernel package on first use)
+#                   namespace and run the VM tests in it (tests/vm/; ~6 min, root; fetches
+#                   qemu-system-x86, busybox-static and the kernel package on first use):
+#                   kernel block device, io_uring passthrough, userspace PCI driver
+#   make bench-vm   compare the kernel block device, io_uring passthrough and the userspace
+#                   NVMe driver on one emulated namespace in the VM, as ratios (~5 min)
 #   make bench-fsck time blobfs fsck on a 64 GiB image of 100,000 files (~7 GiB of disk in
 #                   BENCH_DIR, default $TMPDIR or /tmp; BENCH_ARGS=... passes options)
 #
@@ -153,6 +157,7 @@ test: deps
 		echo "$(CARGO) test --workspace --no-fail-fast (cargo-nextest not found)"; \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) --no-print-directory test-vm
 
 clean:
 	$(CARGO) clean
@@ -164,20 +169,29 @@ clean:
 # devices, mounts). BENCH_ARGS passes options (e.g. BENCH_ARGS="--only blobio,meta").
 BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
 .PHONY: test-vm
-# BlobFS on /dev/nvme0n1 (kernel block device) and on /dev/ng0n1 (io_uring passthrough)
-# inside the VM, with 4096- and 512-byte LBAs; data crosses between the two paths; the
-# blobstore API tests (blobstore/tests/basic.rs) run on both paths
-# (tests/vm/run.sh installs what it needs itself and caches the kernel under target/vm/).
+# The VM tests (tests/vm/), with 4096- and 512-byte LBAs, each in two boots: BlobFS on the
+# kernel block device and through io_uring passthrough (smoke.sh, passthru_probe,
+# passthru.sh); then, with the namespace behind two controllers (run.sh --pci), the
+# userspace driver (pci.sh: its probe, controller resets mid-I/O, BlobFS and FUSE with data
+# crossing between the three paths) and the blobstore tests on all three paths
+# (blobstore.sh). run.sh installs what it needs and caches the kernel under target/vm/.
 test-vm: deps
 	$(CARGO) build -p blobfs-tools
 	$(CARGO) build -p blobfs-driver --examples
-	tests/vm/run.sh --lba 4096 -- tests/vm/smoke.sh
-	tests/vm/run.sh --lba 512 -- tests/vm/smoke.sh
-	tests/vm/run.sh --lba 4096 -- 'target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh'
-	tests/vm/run.sh --lba 512 -- 'target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh'
-	bin=$$(tests/vm/testbin.sh blobfs-blobstore basic) && [ -n "$$bin" ] && \
-		tests/vm/run.sh --lba 4096 -- tests/vm/blobstore.sh "$$bin" && \
-		tests/vm/run.sh --lba 512 -- tests/vm/blobstore.sh "$$bin"
+	basic=$$(tests/vm/testbin.sh blobfs-blobstore basic) && [ -n "$$basic" ] && \
+	model=$$(tests/vm/testbin.sh blobfs-blobstore model) && [ -n "$$model" ] && \
+	for lba in 4096 512; do \
+		tests/vm/run.sh --lba $$lba -- 'tests/vm/smoke.sh && target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh' && \
+		tests/vm/run.sh --lba $$lba --pci -- "tests/vm/pci.sh && tests/vm/blobstore.sh $$basic $$model" || exit 1; \
+	done
+
+.PHONY: bench-vm
+# The three paths to one emulated NVMe namespace (kernel block device through io_uring,
+# io_uring passthrough, the userspace driver), compared in the VM with `blobfs bench --only
+# paths` (tests/vm/bench.sh; ~5 min). Only the ratios mean anything under emulation.
+bench-vm: deps
+	$(CARGO) build --release -p blobfs-tools
+	tests/vm/run.sh --pci -- 'BLOBFS=target/release/blobfs tests/vm/bench.sh $(BENCH_ARGS)'
 
 .PHONY: bench bench-quick bench-deps
 bench-deps: deps

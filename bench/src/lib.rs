@@ -5,10 +5,11 @@
 //! Groups (each a module): `blobio` (blob I/O on io_uring vs fio on the same file), `meta`
 //! (blob and file create+sync vs ext4 on a loop device), `fuse` (fio on the mount vs ext4),
 //! `rocksdb` (db_bench with `--fs_uri=blobfs://` vs db_bench on ext4) and `recovery` (load
-//! time vs log length and device size). Each prints one line per case as it finishes:
-//! `bench: case=NAME ours=X baseline=Y unit=U ratio=R`, and at the end a table, then
-//! `bench/results.json`, an SVG plot of the ratios and the results section of
-//! `docs/benchmarks.md` are written.
+//! time vs log length and device size); `paths` (one NVMe namespace through several device
+//! paths, `--only paths --device A,B,...`) runs only when asked for. Each prints one line
+//! per case as it finishes: `bench: case=NAME ours=X baseline=Y unit=U ratio=R`, and at the
+//! end a table, then `bench/results.json`, an SVG plot of the ratios and the results section
+//! of `docs/benchmarks.md` are written.
 
 pub mod blobio;
 pub mod ext4;
@@ -16,6 +17,7 @@ pub mod fio;
 pub mod fuse;
 pub mod machine;
 pub mod meta;
+pub mod paths;
 pub mod recovery;
 pub mod report;
 pub mod rocksdb;
@@ -29,6 +31,10 @@ use std::time::{Duration, Instant};
 /// The benchmark groups, in the order they run.
 pub const GROUPS: [&str; 5] = ["blobio", "meta", "fuse", "rocksdb", "recovery"];
 
+/// Groups that run only when named in `--only`: they need options of their own (`paths`
+/// needs `--device` and destroys what the devices hold).
+pub const OPTIONAL_GROUPS: [&str; 1] = ["paths"];
+
 /// Options of `blobfs bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -36,7 +42,8 @@ pub struct Args {
     /// the benchmark, with noisier ratios.
     #[arg(long)]
     pub quick: bool,
-    /// Groups to run, comma separated (default: all): blobio, meta, fuse, rocksdb, recovery.
+    /// Groups to run, comma separated (default: all): blobio, meta, fuse, rocksdb, recovery;
+    /// also paths, which runs only when named here.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Where backing files, loop-device images and mounts go (default: $TMPDIR or /tmp).
@@ -62,6 +69,15 @@ pub struct Args {
     /// `make bench` builds it).
     #[arg(long)]
     pub rocksdb_lib: Option<PathBuf>,
+    /// Devices for the paths group (repeatable, comma separated), all reaching the same
+    /// namespace: a block device, an NVMe generic char device (passthrough), pci:ADDR, a file
+    /// or mem:SIZE. The first is the baseline of the ratios. Their contents are DESTROYED
+    /// (raw writes over the first 256 MiB, 64 MiB with --quick). Only with --only paths.
+    #[arg(long, value_name = "SPEC", value_delimiter = ',')]
+    pub device: Vec<String>,
+    /// Only affects paths: overwrite devices even if they hold a BlobFS store.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// What every group gets: where to work and how big to go.
@@ -198,16 +214,11 @@ pub fn note(msg: impl AsRef<str>) {
 /// Runs `blobfs bench`.
 pub fn run(args: &Args) -> Result<()> {
     let started = Instant::now();
-    let groups: Vec<String> = if args.only.is_empty() {
-        GROUPS.iter().map(|s| s.to_string()).collect()
-    } else {
-        for g in &args.only {
-            if !GROUPS.contains(&g.as_str()) {
-                bail!("unknown group {g:?}: choose from {}", GROUPS.join(", "));
-            }
-        }
-        args.only.clone()
-    };
+    let groups = select_groups(args)?;
+    if groups.iter().any(|g| g == "paths") {
+        // Refuse a wrong device before anything runs or is written.
+        paths::check_devices(&args.device, args.force)?;
+    }
     let base = match &args.dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir(),
@@ -248,6 +259,7 @@ pub fn run(args: &Args) -> Result<()> {
             "fuse" => fuse::run(&ctx, &mut results),
             "rocksdb" => rocksdb::run(&ctx, &mut results),
             "recovery" => recovery::run(&ctx, &mut results),
+            "paths" => paths::run(&ctx, &args.device, args.force, &mut results),
             _ => unreachable!("checked above"),
         };
         if let Err(e) = r {
@@ -312,6 +324,36 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The groups `args` asks for, checked against the options they need: `paths` only when
+/// named, with at least two `--device`, and `--device` only for it.
+pub fn select_groups(args: &Args) -> Result<Vec<String>> {
+    let groups: Vec<String> = if args.only.is_empty() {
+        GROUPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        for g in &args.only {
+            if !GROUPS.contains(&g.as_str()) && !OPTIONAL_GROUPS.contains(&g.as_str()) {
+                bail!(
+                    "unknown group {g:?}: choose from {}, {}",
+                    GROUPS.join(", "),
+                    OPTIONAL_GROUPS.join(", ")
+                );
+            }
+        }
+        args.only.clone()
+    };
+    let paths = groups.iter().any(|g| g == "paths");
+    if paths && args.device.len() < 2 {
+        bail!(
+            "the paths group needs at least two --device (the first is the baseline), e.g. \
+             --device /dev/nvme0n1,/dev/ng0n1"
+        );
+    }
+    if !paths && !args.device.is_empty() {
+        bail!("--device is only used by the paths group: add --only paths");
+    }
+    Ok(groups)
 }
 
 /// "3m12s".

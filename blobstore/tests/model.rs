@@ -399,7 +399,12 @@ impl Harness {
     fn new(cfg: &'static Cfg) -> Harness {
         let td = match cfg.backend {
             Backend::Mem => TestDev::mem(cfg.capacity, cfg.lba),
-            Backend::Uring => TestDev::uring(cfg.capacity, cfg.lba),
+            // In the VM (BLOBFS_TEST_NVME), the NVMe namespace instead of an image file
+            // when its LBA size matches.
+            Backend::Uring => std::env::var("BLOBFS_TEST_NVME")
+                .ok()
+                .and_then(|p| TestDev::nvme(&p, cfg.capacity, cfg.lba))
+                .unwrap_or_else(|| TestDev::uring(cfg.capacity, cfg.lba)),
         };
         Blobstore::format(
             Arc::clone(&td.dev),

@@ -38,6 +38,28 @@ pub enum Error {
     /// An error injected by a fault-injecting wrapper.
     #[error("injected {0} error")]
     Injected(&'static str),
+    /// The NVMe controller completed the command with an error status.
+    #[error(
+        "NVMe command failed: {text} (status type {sct:#x}, code {sc:#04x}, {})",
+        if *dnr { "do not retry" } else { "may retry" }
+    )]
+    Nvme {
+        /// Status Code Type (0 generic, 1 command specific, 2 media and data integrity).
+        sct: u8,
+        /// Status Code.
+        sc: u8,
+        /// Do Not Retry: the same command would fail again.
+        dnr: bool,
+        text: &'static str,
+    },
+    /// The controller was reset (by this driver after a failure or timeout, or from
+    /// outside) while the command was in flight: it may or may not have taken effect. The
+    /// driver has brought the controller back; new commands may be submitted.
+    #[error(
+        "NVMe controller {ctrl} was reset while the command was in flight ({reason}); \
+         it may or may not have taken effect"
+    )]
+    ControllerReset { ctrl: String, reason: String },
     /// A device URI or path could not be understood or opened.
     #[error("bad device spec {spec:?}: {reason}")]
     BadSpec { spec: String, reason: String },

@@ -27,7 +27,9 @@ mod buf;
 mod error;
 pub mod fault;
 pub mod mem;
+mod nvme;
 pub mod passthru;
+pub mod pci;
 mod uri;
 pub mod uring;
 

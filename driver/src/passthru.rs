@@ -26,12 +26,9 @@ const NVME_IOCTL_ADMIN_CMD: libc::c_ulong = 0xc048_4e41;
 /// `_IOWR('N', 0x80, struct nvme_uring_cmd)` (72 bytes): an I/O command via uring_cmd.
 const NVME_URING_CMD_IO: u32 = 0xc048_4e80;
 
-const OP_FLUSH: u8 = 0x00;
-const OP_WRITE: u8 = 0x01;
-const OP_READ: u8 = 0x02;
-const OP_WRITE_ZEROES: u8 = 0x08;
-/// Largest block count of one Write Zeroes (NLB is a 16-bit, zero-based field).
-const MAX_ZERO_LBAS: u64 = 1 << 16;
+use crate::nvme::{
+    IdController, IdNamespace, MAX_ZERO_LBAS, OP_FLUSH, OP_READ, OP_WRITE, OP_WRITE_ZEROES, WZ_DEAC,
+};
 
 /// `struct nvme_passthru_cmd` / `struct nvme_uring_cmd` share this layout (72 bytes).
 #[repr(C)]
@@ -129,7 +126,9 @@ fn admin(fd: RawFd, cmd: &mut NvmeCmd, buf: &mut [u8]) -> io::Result<()> {
     let rc = unsafe { libc::ioctl(fd, NVME_IOCTL_ADMIN_CMD as _, cmd as *mut NvmeCmd) };
     match rc {
         0 => Ok(()),
-        r if r > 0 => Err(io::Error::other(format!("NVMe status {r:#x}"))),
+        r if r > 0 => Err(io::Error::other(
+            crate::nvme::status_error(r as u16).to_string(),
+        )),
         _ => Err(io::Error::last_os_error()),
     }
 }
@@ -172,22 +171,18 @@ impl PassthruDevice {
             ..NvmeCmd::default()
         };
         admin(fd, &mut cmd, &mut ns).map_err(|e| bad(path, format!("Identify Namespace: {e}")))?;
-        let nsze = u64::from_le_bytes(ns[0..8].try_into().unwrap_or([0; 8]));
-        let flbas = (ns[26] & 0x0f) as usize;
-        let lbaf = u32::from_le_bytes(
-            ns[128 + 4 * flbas..132 + 4 * flbas]
-                .try_into()
-                .unwrap_or([0; 4]),
-        );
-        let lbads = (lbaf >> 16) & 0xff;
-        let metadata = lbaf & 0xffff;
-        if !(9..=16).contains(&lbads) || metadata != 0 {
+        let ns = IdNamespace::parse(&ns)
+            .ok_or_else(|| bad(path, format!("namespace {nsid} is not active")))?;
+        if ns.metadata != 0 {
             return Err(bad(
                 path,
-                format!("unsupported LBA format (2^{lbads} bytes, {metadata} metadata bytes)"),
+                format!(
+                    "unsupported LBA format ({} bytes with {} metadata bytes)",
+                    ns.lba_size, ns.metadata
+                ),
             ));
         }
-        let lba_size = 1u32 << lbads;
+        let (nsze, lba_size) = (ns.nsze, ns.lba_size);
         let mut ctrl = vec![0u8; 4096];
         let mut cmd = NvmeCmd {
             opcode: 0x06,
@@ -199,7 +194,7 @@ impl PassthruDevice {
         // MDTS is in units of the minimum page size (4 KiB on every controller we drive);
         // 0 means no limit. The kernel's own limit for one passthrough command is
         // conservative too, so cap at 512 KiB.
-        let mdts = ctrl[77];
+        let mdts = IdController::parse(&ctrl).map_or(0, |c| c.mdts);
         let mut max_transfer: u64 = if mdts == 0 {
             512 << 10
         } else {
@@ -341,7 +336,7 @@ impl PassthruQueuePair {
         let lba_size = self.shared.geom.lba_size;
         // Deallocate goes as Write Zeroes with the Deallocate bit: reads return zeroes.
         let deac = if matches!(op, Op::Deallocate { .. }) {
-            1 << 25
+            WZ_DEAC
         } else {
             0
         };
@@ -386,12 +381,8 @@ impl PassthruQueuePair {
                 slot.error = Some(if res < 0 {
                     Error::Io(io::Error::from_raw_os_error(-res))
                 } else {
-                    // Status code type (bits 10:8) and status code (7:0).
-                    Error::Io(io::Error::other(format!(
-                        "NVMe status: type {:#x} code {:#04x}",
-                        (res >> 8) & 0x7,
-                        res & 0xff
-                    )))
+                    // The kernel hands back the NVMe status field (SCT 10:8, SC 7:0, DNR 14).
+                    crate::nvme::status_error(res as u16)
                 });
             }
             slot.pending -= 1;
@@ -427,13 +418,17 @@ impl QueuePair for PassthruQueuePair {
                 op,
             });
         }
+        // The kernel maps the buffer for the device (bouncing what the controller cannot
+        // address); the views the blobstore splits a request into are aligned to the LBA
+        // size only (512 bytes on a 512-byte namespace), like O_DIRECT requires.
+        let align = self.shared.geom.lba_size as usize;
         if let Op::Read { buf, .. } | Op::Write { buf, .. } = &op {
-            if !buf.is_aligned_to(crate::DMA_ALIGN) {
+            if !buf.is_aligned_to(align) {
                 return Err(SubmitError {
                     error: Error::Misaligned {
                         what: "buffer address",
-                        value: 0,
-                        align: crate::DMA_ALIGN as u64,
+                        value: (buf.as_slice().as_ptr() as usize % align) as u64,
+                        align: align as u64,
                     },
                     op,
                 });

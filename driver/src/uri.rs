@@ -36,7 +36,11 @@ fn bad(spec: &str, reason: impl Into<String>) -> Error {
 ///
 /// - `mem:SIZE[?lba=N]`: a new, empty in-memory device (tests, demos);
 /// - `file:PATH[?lba=N]` or `PATH`: a regular file or block device through io_uring with
-///   O_DIRECT. `lba` overrides the block size used for a regular file (default 4096).
+///   O_DIRECT. `lba` overrides the block size used for a regular file (default 4096). An
+///   NVMe namespace's generic character device (`/dev/ngXnY`) goes through io_uring
+///   passthrough;
+/// - `pci:DOMAIN:BUS:DEV.FN` (`pci:0000:00:04.0`): namespace 1 of an NVMe controller bound
+///   to `uio_pci_generic`, driven by the userspace driver ([`crate::pci`]).
 pub fn open_uri(spec: &str) -> Result<Arc<dyn Device>> {
     let (body, query) = match spec.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -70,12 +74,38 @@ pub fn open_uri(spec: &str) -> Result<Arc<dyn Device>> {
         return Err(bad(spec, "empty path"));
     }
     if let Some((scheme, _)) = path.split_once(':') {
-        if !scheme.contains('/') && !std::path::Path::new(path).exists() {
+        if scheme != "pci" && !scheme.contains('/') && !std::path::Path::new(path).exists() {
             return Err(bad(
                 spec,
-                format!("unknown scheme {scheme:?} (known: mem:, file:, or a path)"),
+                format!("unknown scheme {scheme:?} (known: mem:, file:, pci:, or a path)"),
             ));
         }
+    }
+    if let Some(addr) = path.strip_prefix("pci:") {
+        if lba.is_some() {
+            return Err(bad(spec, "a PCI controller's LBA size is its namespace's"));
+        }
+        let dev = crate::pci::PciDevice::open(addr, &crate::pci::PciOptions::default())?;
+        return Ok(Arc::new(dev));
+    }
+    let is_char = std::fs::metadata(path)
+        .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+        .unwrap_or(false);
+    if is_char {
+        let dev = crate::passthru::PassthruDevice::open(
+            path,
+            &crate::passthru::PassthruOptions::default(),
+        )?;
+        if let Some(l) = lba.filter(|l| *l != dev.geometry().lba_size) {
+            return Err(bad(
+                spec,
+                format!(
+                    "the namespace has {}-byte LBAs, not {l}",
+                    dev.geometry().lba_size
+                ),
+            ));
+        }
+        return Ok(Arc::new(dev));
     }
     let dev = UringDevice::open(
         path,

@@ -4,11 +4,14 @@
 # with the host's root filesystem shared read-only (so the workspace's binaries run as
 # they are), and exits with the command's status. Its output goes to stdout.
 #
-#   tests/vm/run.sh [--lba 4096|512] [--ns-size 1G] -- COMMAND...
+#   tests/vm/run.sh [--lba 4096|512] [--ns-size 1G] [--pci] -- COMMAND...
 #
 # Inside the guest: /dev/nvme0n1 (kernel block device, polled queues with
 # nvme.poll_queues=1), /dev/ng0n1 (passthrough char device), /tmp a tmpfs, $VM_OUT a
-# directory shared back with the host. Everything it needs (qemu-system-x86,
+# directory shared back with the host. With --pci the namespace sits in an NVMe subsystem
+# with two controllers (NVMe multipath): the kernel drives it through the first, the
+# second (PCI 0000:00:10.0, $VM_PCI) is left for the userspace driver (tests/vm/pci-bind.sh
+# hands it over), so all three paths reach the same namespace at once. Everything it needs (qemu-system-x86,
 # busybox-static, the kernel package, unpacked with dpkg-deb, never installed) is fetched
 # on first use and cached under target/vm/.
 set -euo pipefail
@@ -19,13 +22,15 @@ cache="$root/target/vm"
 lba=4096
 ns_size=1G
 mem=2G
+pci=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --lba) lba=$2; shift 2 ;;
     --ns-size) ns_size=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
+    --pci) pci=1; shift ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -47,7 +52,13 @@ fi
 # The kernel: the package linux-image-amd64 points at, unpacked once.
 mkdir -p "$cache"
 if [ ! -f "$cache/kernel/ready" ]; then
-    pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+    kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+    pkg=$(kpkg)
+    if [ -z "$pkg" ]; then
+        # A fresh machine may have no package lists yet.
+        sudo_ apt-get update -q >/dev/null
+        pkg=$(kpkg)
+    fi
     [ -n "$pkg" ] || { echo "vm: cannot find the kernel package (apt-get update?)" >&2; exit 1; }
     echo "vm: fetching $pkg" >&2
     rm -rf "$cache/kernel" && mkdir -p "$cache/kernel"
@@ -106,16 +117,23 @@ truncate -s "$ns_size" "$run/ns.img"
 mkdir -p "$run/out"
 printf '%s\n' "$*" > "$run/out/cmd"
 printf '%s\n' "$(pwd)" > "$run/out/cwd"
+if [ "$pci" = 1 ]; then
+    nvme=(-device nvme-subsys,id=subsys0,nqn=blobfs
+        -device nvme,serial=blobfs,id=nvme0,subsys=subsys0
+        -device nvme,serial=blobfs,id=nvme1,subsys=subsys0,bus=pci.0,addr=0x10
+        -device "nvme-ns,drive=nvm,nsid=1,shared=on,logical_block_size=$lba,physical_block_size=$lba")
+else
+    nvme=(-device nvme,serial=blobfs,id=nvme0
+        -device "nvme-ns,drive=nvm,nsid=1,logical_block_size=$lba,physical_block_size=$lba")
+fi
 qemu-system-x86_64 -accel tcg -m "$mem" -smp 2 -no-reboot -display none -monitor none \
     -serial "file:$run/console.log" \
     -kernel "$vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 nvme.poll_queues=1" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$run/out,mount_tag=out,security_model=none" \
-    -drive "file=$run/ns.img,if=none,id=nvm,format=raw,cache=none" \
-    -device nvme,serial=blobfs,id=nvme0 \
-    -device "nvme-ns,drive=nvm,nsid=1,logical_block_size=$lba,physical_block_size=$lba" \
-    </dev/null || true
+    -drive "file=$run/ns.img,if=none,id=nvm,format=raw,cache=none,discard=unmap" \
+    "${nvme[@]}" </dev/null || true
 if [ -f "$run/out/output" ]; then
     cat "$run/out/output"
 fi

@@ -1,7 +1,7 @@
 //! `blobfs cp`, `blobfs export`, `blobfs import`: files and trees between an unmounted
 //! BlobFS image and the host (or a tar stream). The copying itself is in [`crate::tree`].
 
-use crate::device::Target;
+use crate::device::{PathKind, Target};
 use crate::offline::{
     components, display_abs, resolve, resolve_existing, Locked, Progress, Resolved,
 };
@@ -126,10 +126,14 @@ fn parse_loc(arg: &OsStr) -> Loc {
         let Ok(spec) = std::str::from_utf8(left) else {
             continue;
         };
-        if let Ok(Target::Path { path, .. }) = Target::parse(spec) {
-            let is_image = std::fs::metadata(&path).is_ok_and(|m| {
-                m.is_file() || m.file_type().is_block_device() || m.file_type().is_char_device()
-            });
+        if let Ok(t) = Target::parse(spec) {
+            let is_image = match &t {
+                Target::Path { path, .. } => std::fs::metadata(path).is_ok_and(|m| {
+                    m.is_file() || m.file_type().is_block_device() || m.file_type().is_char_device()
+                }),
+                Target::Pci { .. } => t.path_kind().is_ok_and(|k| k == PathKind::Pci),
+                Target::Mem { .. } => false,
+            };
             if is_image {
                 return Loc::Image {
                     spec: spec.to_string(),

@@ -1,7 +1,8 @@
 //! Device specs as the tools accept them, and opening stores on them.
 //!
-//! A spec is `mem:SIZE`, `file:PATH` or a plain `PATH` (a regular file or a block device),
-//! optionally followed by `?lba=N`, as in `driver::open_uri`. The tools parse it themselves
+//! A spec is `mem:SIZE`, `file:PATH`, a plain `PATH` (a regular file, a block device or an
+//! NVMe generic character device), optionally followed by `?lba=N`, as in
+//! `driver::open_uri`, or `pci:ADDRESS` (an NVMe controller bound to `uio_pci_generic`). The tools parse it themselves
 //! so they can open files read-only, create image files and pick the LBA size an existing
 //! store was made with.
 
@@ -32,6 +33,9 @@ pub enum Target {
     },
     /// A regular file or block device.
     Path { path: PathBuf, lba: Option<u32> },
+    /// An NVMe controller bound to `uio_pci_generic`, driven by the userspace driver
+    /// (`pci:0000:00:04.0`; namespace 1).
+    Pci { addr: String },
 }
 
 /// What a path currently is.
@@ -43,6 +47,8 @@ pub enum PathKind {
     /// An NVMe namespace's generic character device (`/dev/ngXnY`): driven with NVMe
     /// commands through io_uring passthrough.
     NvmeChar,
+    /// An NVMe controller at a PCI address (userspace driver).
+    Pci,
 }
 
 /// Parses a size such as `4096`, `64K`, `1M`, `10G` (binary units); `what` names the value
@@ -86,13 +92,25 @@ impl Target {
                 spec: spec.to_string(),
             });
         }
+        if let Some(addr) = body.strip_prefix("pci:") {
+            if lba.is_some() {
+                bail!("{spec}: a controller's LBA size is its namespace's (no ?lba= here)");
+            }
+            let Some(addr) = driver::pci::normalize_addr(addr) else {
+                bail!("{spec}: not a PCI address (expected pci:DOMAIN:BUS:DEVICE.FUNCTION, e.g. pci:0000:00:04.0)");
+            };
+            return Ok(Target::Pci { addr });
+        }
         let path = body.strip_prefix("file:").unwrap_or(body);
         if path.is_empty() {
             bail!("{spec:?}: empty path");
         }
         if let Some((scheme, _)) = path.split_once(':') {
             if !scheme.contains('/') && !Path::new(path).exists() {
-                bail!("{spec}: unknown scheme {scheme:?} (known: mem:SIZE, file:PATH, or a path)");
+                bail!(
+                    "{spec}: unknown scheme {scheme:?} (known: mem:SIZE, file:PATH, \
+                     pci:ADDRESS, or a path)"
+                );
             }
         }
         Ok(Target::Path {
@@ -105,6 +123,7 @@ impl Target {
     pub fn lba(&self) -> Option<u32> {
         match self {
             Target::Mem { lba, .. } | Target::Path { lba, .. } => *lba,
+            Target::Pci { .. } => None,
         }
     }
 
@@ -118,13 +137,27 @@ impl Target {
         match self {
             Target::Mem { spec, .. } => spec.clone(),
             Target::Path { path, .. } => path.display().to_string(),
+            Target::Pci { addr } => format!("pci:{addr}"),
         }
+    }
+
+    /// The sysfs directory of a PCI target.
+    fn pci_dir(addr: &str) -> PathBuf {
+        Path::new("/sys/bus/pci/devices").join(addr)
     }
 
     /// What the path is now (regular file, block device, or nothing); mem: counts as a file.
     pub fn path_kind(&self) -> Result<PathKind> {
-        let Target::Path { path, .. } = self else {
-            return Ok(PathKind::File);
+        let path = match self {
+            Target::Path { path, .. } => path,
+            Target::Mem { .. } => return Ok(PathKind::File),
+            Target::Pci { addr } => {
+                return Ok(if Target::pci_dir(addr).exists() {
+                    PathKind::Pci
+                } else {
+                    PathKind::Missing
+                })
+            }
         };
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => Ok(PathKind::File),
@@ -145,6 +178,27 @@ impl Target {
             Target::Mem { size, .. } => {
                 let spec = format!("mem:{size}?lba={}", lba.unwrap_or(DEFAULT_FILE_LBA));
                 driver::open_uri(&spec).with_context(|| self.describe())
+            }
+            Target::Pci { addr } => {
+                let dev = driver::pci::PciDevice::open(
+                    addr,
+                    &driver::pci::PciOptions {
+                        read_only,
+                        ..driver::pci::PciOptions::default()
+                    },
+                )
+                .map_err(|e| match e {
+                    driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
+                    other => anyhow!(other),
+                })
+                .with_context(|| format!("pci:{addr}: cannot open"))?;
+                if let Some(l) = lba.filter(|l| *l != dev.geometry().lba_size) {
+                    bail!(
+                        "pci:{addr}: the namespace has {}-byte LBAs, not {l}",
+                        dev.geometry().lba_size
+                    );
+                }
+                Ok(Arc::new(dev))
             }
             Target::Path { path, .. } => {
                 if self.path_kind()? == PathKind::Missing {
@@ -202,6 +256,7 @@ impl Target {
                 "{spec}: not a blobstore: a mem: device starts empty every time \
                  (format it with `blobfs mkfs`, or try `blobfs demo {spec}`)"
             ),
+            Target::Pci { .. } => {}
             Target::Path { path, .. } => {
                 if let Ok(m) = std::fs::metadata(path) {
                     if m.is_file() && m.len() < 2 * SB_SIZE as u64 {
@@ -273,24 +328,39 @@ fn try_flock(f: &File, exclusive: bool) -> std::io::Result<bool> {
 impl Target {
     /// Locks the store (`None` for mem:, which no other process can see), waiting up to
     /// `wait` while another process holds it.
+    ///
+    /// A PCI controller is locked by the driver itself (one process per controller); this
+    /// only waits until no process has it open.
     pub fn lock(&self, exclusive: bool, wait: Duration) -> Result<Option<StoreLock>> {
-        let Target::Path { path, .. } = self else {
-            return Ok(None);
+        let path = match self {
+            Target::Path { path, .. } => path.clone(),
+            Target::Mem { .. } => return Ok(None),
+            Target::Pci { addr } => Target::pci_dir(addr).join("resource0"),
         };
-        let file = File::open(path)
+        let pci = matches!(self, Target::Pci { .. });
+        if pci && !path.exists() {
+            // Not a device with registers: opening it says what it is.
+            return Ok(None);
+        }
+        let exclusive = exclusive || pci;
+        let file = File::open(&path)
             .with_context(|| format!("{}: cannot open to lock it", path.display()))?;
         let until = Instant::now() + wait;
         loop {
             if try_flock(&file, exclusive)
-                .with_context(|| format!("{}: cannot lock", path.display()))?
+                .with_context(|| format!("{}: cannot lock", self.describe()))?
             {
+                if pci {
+                    // Free now; the driver takes its own lock when it opens the controller.
+                    return Ok(None);
+                }
                 return Ok(Some(StoreLock { _file: file }));
             }
             if Instant::now() >= until {
                 bail!(
                     "{}: in use by another process (mounted, or a blobfs command running on \
                      it); unmount it first",
-                    path.display()
+                    self.describe()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

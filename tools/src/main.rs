@@ -31,6 +31,11 @@ const PATH_FORMS: &str = "\
 PATH forms:
   ./blobfs.img         an image file (regular file), opened with O_DIRECT through io_uring
   /dev/nvme0n1         a block device (its logical block size is the LBA size)
+  /dev/ng0n1           an NVMe namespace's generic char device: NVMe commands through
+                       io_uring passthrough (polled with the kernel's nvme.poll_queues)
+  pci:0000:00:04.0     namespace 1 of an NVMe controller bound to uio_pci_generic, driven
+                       by the userspace driver (root; 2 MiB hugepages for DMA, see
+                       tests/vm/pci-bind.sh)
   file:PATH            the same as PATH, spelled out
   mem:SIZE             a new in-memory device of SIZE bytes (e.g. mem:64M), empty every time:
                        for experiments only, nothing is kept after the command ends
@@ -258,7 +263,10 @@ enum Command {
         the io_uring backend vs fio on the same file (blobio), blob and file create+sync vs \
         ext4 on a loop device (meta), fio on the FUSE mount vs on ext4 (fuse), db_bench with \
         --fs_uri=blobfs:// vs db_bench on ext4 (rocksdb), and load time after a crash vs log \
-        length and device size (recovery).\n\n\
+        length and device size (recovery). Not run by default: `--only paths --device \
+        A,B,...` compares device paths to one NVMe namespace (block device, passthrough, \
+        pci:) as ratios against the first; it writes the devices raw, destroying their \
+        contents.\n\n\
         Prints `bench: case=NAME ours=X baseline=Y unit=U ratio=R` per case (ratio above 1: \
         BlobFS better; cases with a target say ok or MISS), then a table; writes \
         OUT/results.json, OUT/ratios.svg and the results section of docs/benchmarks.md. \

@@ -93,14 +93,19 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<()> {
             create_image(path, n)?;
             created = Some(path.clone());
         }
-        (Target::Path { path, .. }, PathKind::BlockDevice | PathKind::NvmeChar) => {
+        (Target::Path { .. }, PathKind::BlockDevice | PathKind::NvmeChar)
+        | (Target::Pci { .. }, PathKind::Pci) => {
             if size.is_some() {
                 bail!(
                     "{}: is a device; --size applies to image files only",
-                    path.display()
+                    target.describe()
                 );
             }
             refuse_existing(&target, args.force)?;
+        }
+        (Target::Pci { addr }, _) => bail!("pci:{addr}: no such PCI device"),
+        (Target::Path { path, .. }, PathKind::Pci) => {
+            bail!("{}: not a file or device", path.display())
         }
         (Target::Path { path, .. }, PathKind::File) => {
             refuse_existing(&target, args.force)?;
@@ -210,6 +215,7 @@ fn format_and_report(
         _ if target.is_mem() => "in-memory device, discarded on exit",
         PathKind::BlockDevice => "block device",
         PathKind::NvmeChar => "NVMe namespace, io_uring passthrough",
+        PathKind::Pci => "NVMe controller, userspace driver",
         _ => "image file",
     };
     if filesystem {

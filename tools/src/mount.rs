@@ -147,6 +147,7 @@ fn fsname_of(target: &Target) -> String {
             .filter(|s| !s.contains(|c: char| c == ',' || c.is_whitespace()))
             .unwrap_or_else(|| "blobfs".into()),
         Target::Mem { spec, .. } => spec.clone(),
+        Target::Pci { addr } => format!("pci:{addr}"),
     }
 }
 
@@ -358,7 +359,7 @@ fn serve(args: &Args, ready: &mut Ready) -> Result<()> {
 
 /// The spec with a relative path made absolute (the server runs in /).
 fn absolute_spec(spec: &str) -> Result<String> {
-    if spec.starts_with("mem:") {
+    if spec.starts_with("mem:") || spec.starts_with("pci:") {
         return Ok(spec.to_string());
     }
     let (body, query) = match spec.split_once('?') {
@@ -612,6 +613,10 @@ mod tests {
     fn specs_become_absolute() {
         let here = std::env::current_dir().unwrap();
         assert_eq!(absolute_spec("mem:64M").unwrap(), "mem:64M");
+        assert_eq!(
+            absolute_spec("pci:0000:00:04.0").unwrap(),
+            "pci:0000:00:04.0"
+        );
         assert_eq!(absolute_spec("/x/y.img").unwrap(), "/x/y.img");
         assert_eq!(
             absolute_spec("y.img?lba=512").unwrap(),

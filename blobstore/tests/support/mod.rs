@@ -59,7 +59,8 @@ impl TestDev {
 
     /// Both backends with the same geometry (memory, io_uring on an image file); when
     /// `BLOBFS_TEST_NVME` names an NVMe namespace (`/dev/ng0n1` for io_uring passthrough,
-    /// `/dev/nvme0n1` for the block device; the VM tests set it), the first `capacity` bytes
+    /// `/dev/nvme0n1` for the block device, `pci:0000:00:10.0` for the userspace driver;
+    /// the VM tests set it), the first `capacity` bytes
     /// of that namespace instead of the image file, if its LBA size is `lba` (the VM runs
     /// both sizes). Tests using it must run one at a time
     /// (`--test-threads=1`): they share the namespace.
@@ -77,20 +78,9 @@ impl TestDev {
     /// The first `capacity` bytes of an NVMe namespace, or `None` if its LBA size is not
     /// `lba`.
     pub fn nvme(path: &str, capacity: u64, lba: u32) -> Option<TestDev> {
-        let dev: Arc<dyn Device> = if std::fs::metadata(path)
-            .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
-            .unwrap_or(false)
-        {
-            Arc::new(
-                driver::passthru::PassthruDevice::open(
-                    path,
-                    &driver::passthru::PassthruOptions::default(),
-                )
-                .unwrap(),
-            )
-        } else {
-            Arc::new(UringDevice::open(path, &UringOptions::default()).unwrap())
-        };
+        // open_uri drives /dev/ngXnY through passthrough, pci:ADDRESS with the userspace
+        // driver, and a block device through io_uring.
+        let dev = driver::open_uri(path).unwrap();
         if dev.geometry().lba_size != lba {
             return None;
         }
