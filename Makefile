@@ -170,8 +170,8 @@ clean:
 BENCH_PACKAGES := fio rocksdb-tools e2fsprogs util-linux
 .PHONY: test-vm
 # The VM tests (tests/vm/), with 4096- and 512-byte LBAs, each in two boots: BlobFS on the
-# kernel block device and through io_uring passthrough (smoke.sh, passthru_probe,
-# passthru.sh); then, with the namespace behind two controllers (run.sh --pci), the
+# kernel block device and through io_uring passthrough (smoke.sh, passthru_probe, also
+# through a controller reset by the kernel mid-I/O, passthru.sh); then, with the namespace behind two controllers (run.sh --pci), the
 # userspace driver (pci.sh: its probe, controller resets mid-I/O, BlobFS and FUSE with data
 # crossing between the three paths) and the blobstore tests on all three paths
 # (blobstore.sh). run.sh installs what it needs and caches the kernel under target/vm/.
@@ -181,7 +181,7 @@ test-vm: deps
 	basic=$$(tests/vm/testbin.sh blobfs-blobstore basic) && [ -n "$$basic" ] && \
 	model=$$(tests/vm/testbin.sh blobfs-blobstore model) && [ -n "$$model" ] && \
 	for lba in 4096 512; do \
-		tests/vm/run.sh --lba $$lba -- 'tests/vm/smoke.sh && target/debug/examples/passthru_probe /dev/ng0n1 && tests/vm/passthru.sh' && \
+		tests/vm/run.sh --lba $$lba -- 'tests/vm/smoke.sh && target/debug/examples/passthru_probe /dev/ng0n1 && target/debug/examples/passthru_probe /dev/ng0n1 --reset && tests/vm/passthru.sh' && \
 		tests/vm/run.sh --lba $$lba --pci -- "tests/vm/pci.sh && tests/vm/blobstore.sh $$basic $$model" || exit 1; \
 	done
 

@@ -13,37 +13,12 @@
 //! in flight failed with the driver's reset error, that I/O works again afterwards, that
 //! every block holds a whole version written to it, and that blocks flushed before the
 //! reset kept their data.
+mod common;
+
+use common::{check, stamp, version_of, Trigger};
 use driver::pci::{PciDevice, PciOptions};
 use driver::{run_one, Completion, Device, DmaBuf, Error, Lba, Op};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn check(failed: &mut bool, what: &str, ok: bool, detail: String) {
-    println!("{what}: {}", if ok { "ok".to_string() } else { detail });
-    *failed |= !ok;
-}
-
-/// A block stamped with its LBA and a version number, so torn or misplaced data shows.
-fn stamp(lba_size: usize, lba: u64, version: u64) -> DmaBuf {
-    let mut b = DmaBuf::zeroed(lba_size);
-    for (i, w) in b.as_mut_slice().chunks_exact_mut(16).enumerate() {
-        w[..8].copy_from_slice(&lba.to_le_bytes());
-        w[8..].copy_from_slice(&(version ^ i as u64).to_le_bytes());
-    }
-    b
-}
-
-/// The version a block holds, if it is a whole stamp of `lba`.
-fn version_of(b: &[u8], lba: u64) -> Option<u64> {
-    let v = u64::from_le_bytes(b[8..16].try_into().ok()?);
-    for (i, w) in b.chunks_exact(16).enumerate() {
-        if w[..8] != lba.to_le_bytes() || w[8..] != (v ^ i as u64).to_le_bytes() {
-            return None;
-        }
-    }
-    Some(v)
-}
 
 fn basics(dev: &PciDevice, failed: &mut bool) {
     let g = dev.geometry();
@@ -205,182 +180,25 @@ fn basics(dev: &PciDevice, failed: &mut bool) {
 
 fn reset_test(addr: &str, how: &str, failed: &mut bool) {
     let dev = PciDevice::open(addr, &PciOptions::default()).expect("open");
-    let g = dev.geometry();
-    let bs = g.lba_size as usize;
-    const BLOCKS: u64 = 512;
-    const BASE: u64 = 20_000;
-    // Version 1 everywhere, flushed: this must survive whatever the reset does.
-    {
-        let mut qp = dev.open_qpair(8).expect("qpair");
-        for lba in BASE..BASE + BLOCKS {
-            run_one(
-                qp.as_mut(),
-                Op::Write {
-                    lba: Lba(lba),
-                    buf: stamp(bs, lba, 1),
-                },
-            )
-            .expect("write v1");
-        }
-        run_one(qp.as_mut(), Op::Flush).expect("flush");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok_ops = Arc::new(AtomicU64::new(0));
-    let worker = {
-        let dev = dev.clone();
-        let stop = Arc::clone(&stop);
-        let ok_ops = Arc::clone(&ok_ops);
-        // A requested reset is issued by the worker itself, right after it filled its
-        // queue: 32 commands are certainly in flight then (from another thread the reset
-        // often lands while the queue is momentarily empty: QEMU completes a whole
-        // submission queue per doorbell).
-        let mut reset_now = how == "requested";
-        let mut reset_result = None;
-        std::thread::spawn(move || {
-            // Writes of version 2 and reads of the upper half, 32 in flight, until told.
-            let mut qp = dev.open_qpair(32).expect("qpair");
-            let mut reset_errors = Vec::new();
-            let mut other_errors = Vec::new();
-            let mut out = Vec::new();
-            let mut i = 0u64;
-            let mut ok_after_reset = 0u64;
-            loop {
-                while qp.in_flight() < 32 && !stop.load(Ordering::Relaxed) {
-                    let lba = BASE + (i * 7919) % BLOCKS;
-                    i += 1;
-                    let op = if i.is_multiple_of(2) {
-                        Op::Write {
-                            lba: Lba(lba),
-                            buf: stamp(bs, lba, 2),
-                        }
-                    } else {
-                        Op::Read {
-                            lba: Lba(lba),
-                            buf: DmaBuf::zeroed(bs),
-                        }
-                    };
-                    if let Err(e) = qp.submit(op, lba) {
-                        other_errors.push(format!("submit: {}", e.error));
-                        break;
-                    }
-                }
-                if qp.in_flight() == 0 {
-                    break;
-                }
-                if reset_now && ok_ops.load(Ordering::Relaxed) >= 2000 {
-                    reset_now = false;
-                    reset_result = Some(dev.reset_controller());
-                }
-                out.clear();
-                qp.wait(64, &mut out);
-                for c in out.drain(..) {
-                    match c.result {
-                        Ok(()) => {
-                            ok_ops.fetch_add(1, Ordering::Relaxed);
-                            if !reset_errors.is_empty() {
-                                ok_after_reset += 1;
-                            }
-                            if let Some(b) = c.buf.filter(|b| b.len() == bs) {
-                                if version_of(b.as_slice(), c.tag).is_none() {
-                                    other_errors.push(format!("lba {} read torn data", c.tag));
-                                }
-                            }
-                        }
-                        Err(e @ Error::ControllerReset { .. }) => reset_errors.push(e.to_string()),
-                        Err(e) => other_errors.push(e.to_string()),
-                    }
-                }
-            }
-            (reset_errors, other_errors, ok_after_reset, reset_result)
-        })
+    let is_reset = |e: &Error| matches!(e, Error::ControllerReset { .. });
+    let trigger = if how == "requested" {
+        let d = dev.clone();
+        Trigger::InWorker(Box::new(move || {
+            d.reset_controller().map_err(|e| e.to_string())
+        }))
+    } else {
+        let path = format!("/sys/bus/pci/devices/{}/reset", dev.addr());
+        Trigger::FromMain(Box::new(move || {
+            std::fs::write(&path, "1").map_err(|e| format!("{path}: {e}"))
+        }))
     };
-    // Let I/O get going, then reset.
-    let t = Instant::now();
-    while ok_ops.load(Ordering::Relaxed) < 2000 && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let before = ok_ops.load(Ordering::Relaxed);
-    match how {
-        "requested" => {}
-        _ => {
-            let path = format!("/sys/bus/pci/devices/{}/reset", dev.addr());
-            let r = std::fs::write(&path, "1");
-            check(
-                failed,
-                &format!("function-level reset through {path}"),
-                r.is_ok(),
-                format!("{r:?}"),
-            );
-        }
-    }
-    // Keep going until well after the reset.
-    let t = Instant::now();
-    while ok_ops.load(Ordering::Relaxed) < before + 4000 && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    stop.store(true, Ordering::Relaxed);
-    let (reset_errors, other_errors, ok_after, reset_result) = worker.join().expect("worker");
-    if how == "requested" {
-        check(
-            failed,
-            "reset on request, with 32 commands in flight",
-            matches!(reset_result, Some(Ok(()))),
-            format!("{reset_result:?}"),
-        );
-    }
-    println!(
-        "reset ({how}): {} commands failed with the reset error, {} other errors, {} succeeded \
-         after the reset, {} controller resets",
-        reset_errors.len(),
-        other_errors.len(),
-        ok_after,
-        dev.resets()
-    );
-    if let Some(e) = reset_errors.first() {
-        println!("  the error: {e}");
-    }
-    for e in other_errors.iter().take(5) {
-        println!("  other error: {e}");
-    }
-    check(
-        failed,
-        "commands in flight failed with the reset error",
-        !reset_errors.is_empty() && other_errors.is_empty(),
-        "expected reset errors only".into(),
-    );
-    check(
-        failed,
-        "I/O works after the reset",
-        ok_after > 1000,
-        format!("only {ok_after} commands after it"),
-    );
-    // Every block holds version 1 or 2, whole.
-    let mut qp = dev.open_qpair(8).expect("qpair");
-    let mut bad = 0;
-    for lba in BASE..BASE + BLOCKS {
-        let r = run_one(
-            qp.as_mut(),
-            Op::Read {
-                lba: Lba(lba),
-                buf: DmaBuf::zeroed(bs),
-            },
-        );
-        match r {
-            Ok(Some(b)) if matches!(version_of(b.as_slice(), lba), Some(1 | 2)) => {}
-            other => {
-                bad += 1;
-                if bad < 4 {
-                    println!("  lba {lba}: {other:?}");
-                }
-            }
-        }
-    }
-    check(
-        failed,
-        "every block holds a whole version after the reset",
-        bad == 0,
-        format!("{bad} blocks wrong"),
-    );
+    let what = if how == "requested" {
+        "reset on request".to_string()
+    } else {
+        "function-level reset through sysfs".to_string()
+    };
+    common::reset_test(Arc::new(dev.clone()), &what, trigger, is_reset, failed);
+    println!("controller resets: {}", dev.resets());
 }
 
 fn main() {

@@ -378,7 +378,21 @@ impl PassthruQueuePair {
                 continue;
             };
             if res != 0 && slot.error.is_none() {
-                slot.error = Some(if res < 0 {
+                slot.error = Some(if res == -libc::EINTR || res == -libc::EFAULT {
+                    // What the kernel's nvme driver returns for a passthrough command it
+                    // cancelled (a controller reset, or a timeout): EINTR, and EFAULT from
+                    // Debian's 6.1 kernel in the VM tests, where the cancellation runs
+                    // outside this process. The buffer is this slot's own and valid until
+                    // this completion, so EFAULT cannot be about it.
+                    Error::ControllerReset {
+                        ctrl: self.shared.path.clone(),
+                        reason: format!(
+                            "the kernel failed the command with {} (it cancels what the \
+                             controller holds when it resets it)",
+                            io::Error::from_raw_os_error(-res)
+                        ),
+                    }
+                } else if res < 0 {
                     Error::Io(io::Error::from_raw_os_error(-res))
                 } else {
                     // The kernel hands back the NVMe status field (SCT 10:8, SC 7:0, DNR 14).

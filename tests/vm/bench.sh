@@ -10,4 +10,11 @@ B=${BLOBFS:-target/release/blobfs}
 BLK=$(ls /dev/nvme[0-9]n1 | head -1)
 NG=/dev/ng${BLK#/dev/nvme}
 tests/vm/pci-bind.sh
-"$B" bench --only paths --device "$BLK,$NG,pci:$VM_PCI" --out /tmp/bench --docs "" "$@"
+if ! "$B" bench --only paths --device "$BLK,$NG,pci:$VM_PCI" --out /tmp/bench --docs "" "$@" \
+    > /tmp/bench.out 2>&1; then
+    cat /tmp/bench.out
+    exit 1
+fi
+echo "Ratios to $BLK (kernel block device, io_uring); above 1 is faster. Software emulation"
+echo "makes absolute figures meaningless, so none are shown."
+grep '^paths:' /tmp/bench.out

@@ -117,6 +117,7 @@ truncate -s "$ns_size" "$run/ns.img"
 mkdir -p "$run/out"
 printf '%s\n' "$*" > "$run/out/cmd"
 printf '%s\n' "$(pwd)" > "$run/out/cwd"
+printf '%s\n' "$root" > "$run/out/root"
 if [ "$pci" = 1 ]; then
     nvme=(-device nvme-subsys,id=subsys0,nqn=blobfs
         -device nvme,serial=blobfs,id=nvme0,subsys=subsys0
