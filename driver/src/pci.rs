@@ -303,6 +303,32 @@ impl DmaRegion {
         Ok(region)
     }
 
+    /// Ordinary pages with made-up physical addresses: for tests of the ring logic, which
+    /// never reach a device.
+    #[cfg(test)]
+    fn for_test(len: usize) -> DmaRegion {
+        let len = len.div_ceil(HUGE) * HUGE;
+        // SAFETY: a new private anonymous mapping; nothing else refers to it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        DmaRegion {
+            ptr: ptr.cast(),
+            len,
+            phys: (0..len / HUGE)
+                .map(|i| 0x1_0000_0000 + (i * 2 * HUGE) as u64)
+                .collect(),
+        }
+    }
+
     /// Physical address of byte `off`.
     fn phys(&self, off: usize) -> u64 {
         self.phys[off / HUGE] + (off % HUGE) as u64
@@ -1198,6 +1224,10 @@ impl PciQueuePair {
 
     fn issue(&mut self, s: u16) {
         let sqe = self.next_command(s).cid(s);
+        // The timeout is per command: a long Deallocate goes out as many pieces.
+        if let Some(slot) = self.slots[usize::from(s)].as_mut() {
+            slot.started = Instant::now();
+        }
         let tail = self.rings.push(&self.region, &sqe);
         self.ring(false, tail);
     }
@@ -1447,6 +1477,71 @@ mod tests {
         assert_eq!(&b[40..44], &0x10u32.to_le_bytes());
         assert_eq!(&b[44..48], &7u32.to_le_bytes());
         assert_eq!(&b[48..52], &31u32.to_le_bytes());
+    }
+
+    /// Writes a completion entry as a controller would.
+    fn post(region: &DmaRegion, rings: &Rings, slot: u16, cid: u16, status: u16, phase: bool) {
+        let mut e = [0u8; 16];
+        e[0..4].copy_from_slice(&0xabcdu32.to_le_bytes());
+        let dw3 = u32::from(cid) | (u32::from(phase) << 16) | (u32::from(status) << 17);
+        e[12..16].copy_from_slice(&dw3.to_le_bytes());
+        region.write(rings.cq_off + usize::from(slot) * 16, &e);
+    }
+
+    #[test]
+    fn rings_wrap_and_flip_phase() {
+        let region = DmaRegion::for_test(HUGE);
+        let mut rings = Rings::new(4);
+        rings.reset(&region);
+        assert_eq!(rings.cq_off, PAGE);
+        // Submission tail wraps at the queue size; entries land where the tail was.
+        for i in 0..6u16 {
+            let tail = rings.push(&region, &Sqe::new(nvme::OP_READ, 1).cid(i));
+            assert_eq!(tail, (i + 1) % 4);
+            let mut b = [0u8; 4];
+            region.read(usize::from(i % 4) * 64, &mut b);
+            assert_eq!(u16::from_le_bytes([b[2], b[3]]), i);
+        }
+        // Completions: nothing until the phase bit matches; the phase flips at the wrap.
+        assert!(rings.pop(&region).is_none());
+        for (n, slot) in (0..4u16).enumerate() {
+            post(&region, &rings, slot, n as u16, 0, true);
+        }
+        for n in 0..4u16 {
+            let c = rings.pop(&region).expect("posted");
+            assert_eq!((c.cid, c.status, c.dw0), (n, 0, 0xabcd));
+        }
+        assert_eq!((rings.cq_head, rings.phase), (0, false));
+        // Old entries (phase 1) are not taken again; new ones carry phase 0.
+        assert!(rings.pop(&region).is_none());
+        post(&region, &rings, 0, 9, 0x281, false);
+        let c = rings.pop(&region).expect("posted");
+        assert_eq!((c.cid, c.status), (9, 0x281));
+        assert!(nvme::status_error(c.status)
+            .to_string()
+            .contains("unrecovered read error"));
+        // A reset starts over: phase 1, head 0, zeroed queues.
+        rings.reset(&region);
+        assert!(rings.pop(&region).is_none());
+        assert_eq!((rings.sq_tail, rings.cq_head, rings.phase), (0, 0, true));
+    }
+
+    #[test]
+    fn prp_entries() {
+        let region = DmaRegion::for_test(2 * HUGE);
+        let (b, list) = (128 << 10, 64 << 10);
+        assert_eq!(prps(&region, b, list, 4096), (region.phys(b), 0));
+        assert_eq!(
+            prps(&region, b, list, 8192),
+            (region.phys(b), region.phys(b + PAGE))
+        );
+        assert_eq!(
+            prps(&region, b, list, 12288),
+            (region.phys(b), region.phys(list))
+        );
+        // Each hugepage has its own physical address; offsets inside one are contiguous.
+        assert_eq!(region.phys(HUGE + 5) - region.phys(HUGE), 5);
+        assert_ne!(region.phys(HUGE), region.phys(HUGE - 1) + 1);
     }
 
     #[test]
