@@ -8,8 +8,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     /// The device reported an error.
-    #[error("I/O error: {0}")]
-    Io(#[from] driver::Error),
+    /// (The driver's message says what failed, "I/O error: ..." or "NVMe command failed:
+    /// ...", so it is shown as is; it is not also the source, so a chain printed with
+    /// `{:#}` says it once.)
+    #[error("{0}")]
+    Io(driver::Error),
     /// On-disk metadata is damaged or impossible.
     #[error("corruption: {0}")]
     Corruption(String),
@@ -44,6 +47,12 @@ impl Error {
     /// Whether this error means damaged on-disk data.
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corruption(_))
+    }
+}
+
+impl From<driver::Error> for Error {
+    fn from(e: driver::Error) -> Error {
+        Error::Io(e)
     }
 }
 

@@ -3,9 +3,10 @@ use thiserror::Error;
 /// Errors of the driver layer.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// The operating system reported an I/O error.
+    /// The operating system reported an I/O error. Shown in the message and not also
+    /// exposed as the error's source, so a chain printed with `{:#}` says it once.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The command addressed blocks beyond the end of the namespace.
     #[error("range out of bounds: lba {lba} + {count} blocks > {lba_count} blocks")]
     OutOfRange {
@@ -63,6 +64,12 @@ pub enum Error {
     /// A device URI or path could not be understood or opened.
     #[error("bad device spec {spec:?}: {reason}")]
     BadSpec { spec: String, reason: String },
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Error {
+        Error::Io(e)
+    }
 }
 
 /// Result of driver operations.
