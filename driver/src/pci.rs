@@ -542,7 +542,6 @@ struct Ctrl {
     dead: AtomicBool,
     free_qids: Mutex<Vec<u16>>,
     id: IdController,
-    ns: IdNamespace,
     geom: Geometry,
     /// Deallocate through Dataset Management (else Write Zeroes with DEAC, else writes).
     dsm_dealloc: bool,
@@ -947,7 +946,6 @@ impl PciDevice {
             free_qids: Mutex::new(Vec::new()),
             // Filled in below, from Identify.
             id: IdController::default(),
-            ns: IdNamespace::default(),
             geom: Geometry {
                 lba_size: 512,
                 lba_count: 0,
@@ -997,7 +995,6 @@ impl PciDevice {
         ctrl.write_zeroes = id.has_write_zeroes();
         ctrl.free_qids = Mutex::new((1..=queues).rev().collect());
         ctrl.id = id;
-        ctrl.ns = ns;
         Ok(PciDevice {
             ctrl: Arc::new(ctrl),
         })
@@ -1271,8 +1268,10 @@ impl PciQueuePair {
                     ..
                 }) = self.slots[usize::from(s)].as_mut()
                 {
-                    let off = self.bounce_off + usize::from(s) * self.bounce_len;
-                    self.region.read(off, buf.as_mut_slice());
+                    self.region.read(
+                        self.bounce_off + usize::from(s) * self.bounce_len,
+                        buf.as_mut_slice(),
+                    );
                 }
                 self.finish(s, Ok(()));
             }

@@ -38,6 +38,27 @@ pub enum Target {
     Pci { addr: String },
 }
 
+/// A driver's refusal to open a device; a bad spec's reason alone, since the caller's
+/// context names the device already.
+fn open_error(e: driver::Error) -> anyhow::Error {
+    match e {
+        driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
+        other => anyhow!(other),
+    }
+}
+
+/// Refuses an LBA size an NVMe namespace does not have (its format decides it).
+fn namespace_lba(dev: &dyn Device, lba: Option<u32>, name: &str) -> Result<()> {
+    let has = dev.geometry().lba_size;
+    match lba {
+        Some(l) if l != has => bail!(
+            "{name}: the namespace has {has}-byte LBAs, not {l} (reformat it with nvme-cli \
+             to change that)"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// What a path currently is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathKind {
@@ -187,17 +208,9 @@ impl Target {
                         ..driver::pci::PciOptions::default()
                     },
                 )
-                .map_err(|e| match e {
-                    driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
-                    other => anyhow!(other),
-                })
+                .map_err(open_error)
                 .with_context(|| format!("pci:{addr}: cannot open"))?;
-                if let Some(l) = lba.filter(|l| *l != dev.geometry().lba_size) {
-                    bail!(
-                        "pci:{addr}: the namespace has {}-byte LBAs, not {l}",
-                        dev.geometry().lba_size
-                    );
-                }
+                namespace_lba(&dev, lba, &self.describe())?;
                 Ok(Arc::new(dev))
             }
             Target::Path { path, .. } => {
@@ -215,19 +228,9 @@ impl Target {
                             no_poll: false,
                         },
                     )
-                    .map_err(|e| match e {
-                        driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
-                        other => anyhow!(other),
-                    })
+                    .map_err(open_error)
                     .with_context(|| format!("{}: cannot open", path.display()))?;
-                    if let Some(l) = lba.filter(|l| *l != dev.geometry().lba_size) {
-                        bail!(
-                            "{}: the namespace has {}-byte LBAs, not {l} (reformat it with \
-                             nvme-cli to change that)",
-                            path.display(),
-                            dev.geometry().lba_size
-                        );
-                    }
+                    namespace_lba(&dev, lba, &self.describe())?;
                     return Ok(Arc::new(dev));
                 }
                 let dev = UringDevice::open(
@@ -237,11 +240,7 @@ impl Target {
                         read_only,
                     },
                 )
-                .map_err(|e| match e {
-                    // The driver's message already names the path.
-                    driver::Error::BadSpec { reason, .. } => anyhow!("{reason}"),
-                    other => anyhow!(other),
-                })
+                .map_err(open_error)
                 .with_context(|| format!("{}: cannot open", path.display()))?;
                 Ok(Arc::new(dev))
             }
