@@ -35,6 +35,10 @@ fn reset_test(path: &str, no_poll: bool, failed: &mut bool) {
         &format!("controller reset through the kernel (no_poll={no_poll})"),
         trigger,
         is_reset_error,
+        // The kernel often lets what the controller holds finish before it resets it
+        // (about one reset in three here failed no command): failures are checked when
+        // they come, not required.
+        false,
         failed,
     );
 }

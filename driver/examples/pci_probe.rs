@@ -197,7 +197,15 @@ fn reset_test(addr: &str, how: &str, failed: &mut bool) {
     } else {
         "function-level reset through sysfs".to_string()
     };
-    common::reset_test(Arc::new(dev.clone()), &what, trigger, is_reset, failed);
+    // This driver fails whatever it had in flight when the controller is reset.
+    common::reset_test(
+        Arc::new(dev.clone()),
+        &what,
+        trigger,
+        is_reset,
+        true,
+        failed,
+    );
     println!("controller resets: {}", dev.resets());
 }
 
